@@ -1,0 +1,161 @@
+"""The `wallet` command: serve, migrate, seed, verify, keys."""
+
+import asyncio
+import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import asyncpg
+import typer
+import uvicorn
+
+from wallet import keys as api_keys
+from wallet import ledger
+from wallet.config import get_settings
+from wallet.database import connect, database_url, describe, migrate, set_database_url_for_children
+from wallet.logs import configure
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Wallet service: a double-entry ledger for virtual credits.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _with_connection(url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        conn = await connect(url, get_settings())
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _prepare(url: str) -> None:
+    """Migrations, seed and the first key: what every start does, idempotently."""
+    migrate(url)
+    secret = _with_connection(url, _seed_and_bootstrap)
+    if secret is not None:
+        typer.echo(
+            "\nNo API key existed, so an admin key named 'admin' was created. Its secret is shown once:\n\n"
+            f"    {secret}\n\nexport WALLET_KEY={secret}\n",
+            err=True,
+        )
+
+
+async def _seed_and_bootstrap(conn: asyncpg.Connection) -> str | None:
+    await ledger.seed(conn)
+    bootstrap = get_settings().bootstrap_key
+    return await api_keys.ensure_bootstrap(conn, bootstrap.get_secret_value() if bootstrap else None)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).", min=1, max=64)] = 0,
+) -> None:
+    """Apply migrations, seed, and serve the API (on an embedded PostgreSQL unless WALLET_DATABASE_URL is set)."""
+    settings = get_settings()
+    configure(settings.log_level)
+    workers = workers or os.cpu_count() or 1
+    with database_url(settings) as url:
+        _prepare(url)
+        set_database_url_for_children(url)
+        typer.echo(
+            f"wallet: serving on http://{host}:{port} with {workers} worker(s), database {describe(url)}", err=True
+        )
+        uvicorn.run(
+            "wallet.api:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations."""
+    with database_url(get_settings()) as url:
+        migrate(url)
+    typer.echo("migrations applied")
+
+
+@app.command()
+def seed() -> None:
+    """Seed assets, system accounts and the demo users (idempotent)."""
+    with database_url(get_settings()) as url:
+        migrate(url)
+        _with_connection(url, ledger.seed)
+    typer.echo("seed applied")
+
+
+@app.command()
+def verify() -> None:
+    """Check every invariant of the ledger; exit status 1 on any violation."""
+    with database_url(get_settings()) as url:
+        results = _with_connection(url, ledger.verify)
+        totals = _with_connection(url, ledger.ledger_totals)
+    typer.echo(", ".join(f"{count} {name}" for name, count in totals.items()))
+    failed = 0
+    for result in results:
+        mark = "ok  " if result.violations == 0 else "FAIL"
+        typer.echo(f"{mark} {result.name}" + (f": {result.violations} violation(s)" if result.violations else ""))
+        for sample in result.sample:
+            typer.echo(f"       {sample}")
+        failed += result.violations > 0
+    typer.echo("ledger is consistent" if not failed else f"{failed} check(s) failed")
+    raise typer.Exit(1 if failed else 0)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A unique name; recorded on every transaction the key creates.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: " + ",".join(api_keys.SCOPES))] = "read",
+) -> None:
+    """Create an API key and print its secret (shown once)."""
+    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()]
+    unknown = sorted(set(wanted) - set(api_keys.SCOPES))
+    if not wanted or unknown:
+        raise typer.BadParameter(f"scopes must be among {', '.join(api_keys.SCOPES)}", param_hint="--scopes")
+    if not KEY_NAME_PATTERN.fullmatch(name):
+        raise typer.BadParameter("1 to 64 of letters, digits, '_', '.', '-'", param_hint="--name")
+    with database_url(get_settings()) as url:
+        migrate(url)
+        try:
+            secret = _with_connection(url, lambda conn: api_keys.create(conn, name, wanted))
+        except asyncpg.UniqueViolationError:
+            typer.echo(f"a key named {name} exists already", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (names and scopes; secrets are never stored)."""
+    with database_url(get_settings()) as url:
+        rows = _with_connection(url, api_keys.list_all)
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        typer.echo(f"{row['name']:<24} {','.join(row['scopes']):<32} created {row['created_at']}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Revoke an API key by name. Running servers stop accepting it within the key cache's TTL."""
+    with database_url(get_settings()) as url:
+        revoked = _with_connection(url, lambda conn: api_keys.revoke(conn, name))
+    if not revoked:
+        typer.echo(f"no active key named {name}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {name}")

