@@ -36,7 +36,6 @@ from wallet.errors import (
     WalletError,
     from_database,
     problem,
-    problem_bytes,
 )
 from wallet.keys import ApiKey, KeyCache
 from wallet.logs import log_request
@@ -48,6 +47,8 @@ from wallet.models import (
     AssetList,
     Balance,
     Balances,
+    BatchRequest,
+    BatchResponse,
     Health,
     MovementRequest,
     Problem,
@@ -60,6 +61,7 @@ from wallet.models import (
 log = logging.getLogger("wallet.api")
 
 JSON = "application/json"
+MOVEMENT_SCOPES = ("topup", "bonus", "purchase")
 M = TypeVar("M", bound=BaseModel)
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -174,14 +176,20 @@ def _problem_response(error: WalletError) -> Response:
     )
 
 
-def _stored_problem_response(status: int, body: str, headers: dict[str, str]) -> Response:
-    stored = orjson.loads(body)
-    return Response(
-        problem_bytes(stored["code"], stored["detail"]),
-        status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=headers,
-    )
+def _outcome_problem(
+    outcome: ledger.Outcome, idempotency_key: str, endpoint: str, request: dict[str, Any]
+) -> dict[str, Any]:
+    """The problem document of an outcome that is not a success: recorded failures are rendered the same way
+    on the first answer and on every replay."""
+    if outcome.kind == "reused":
+        differences = _differences(orjson.loads(outcome.body), endpoint, request)
+        fields = ", ".join(d["field"] for d in differences)
+        return IdempotencyKeyReused(
+            f"Idempotency-Key {idempotency_key} was first used for another request ({fields} differ).",
+            differences=differences,
+        ).to_problem()
+    stored = orjson.loads(outcome.body)
+    return problem(stored["code"], stored["detail"])
 
 
 def _context(request: Request) -> RequestContext:
@@ -354,7 +362,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.state.service = service
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
-    def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
+    def require(*scopes: str) -> Callable[..., Awaitable[ApiKey]]:
+        """A dependency admitting keys that hold any of `scopes` (admin holds them all)."""
+
         async def authenticate(
             request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
         ) -> ApiKey:
@@ -364,8 +374,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             if key is None:
                 raise Unauthenticated("The API key is unknown or revoked.")
             _context(request).key_name = key.name
-            if not key.allows(scope):
-                raise Forbidden(f"The key {key.name} lacks the {scope} scope.")
+            if not any(key.allows(scope) for scope in scopes):
+                raise Forbidden(f"The key {key.name} lacks the {' or '.join(scopes)} scope.")
             return key
 
         return authenticate
@@ -528,19 +538,13 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             outcome: ledger.Outcome = await service.run(
                 lambda conn: ledger.execute(conn, key.id, key.name, idempotency_key, endpoint, movement)
             )
-            context = _context(request)
-            if outcome.kind == "reused":
-                stored = orjson.loads(outcome.body)
-                differences = _differences(stored, endpoint, movement.request())
-                fields = ", ".join(d["field"] for d in differences)
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {idempotency_key} was first used for another request ({fields} differ).",
-                    differences=differences,
-                )
             headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else {}
             if outcome.status >= 400:
-                return _stored_problem_response(outcome.status, outcome.body, headers)
-            context.transaction_id = outcome.transaction_id
+                failure = _outcome_problem(outcome, idempotency_key, endpoint, movement.request())
+                return Response(
+                    orjson.dumps(failure), status_code=failure["status"], media_type=PROBLEM_MEDIA_TYPE, headers=headers
+                )
+            _context(request).transaction_id = outcome.transaction_id
             return json_response(outcome.body, outcome.status, headers)
 
         app.post(
@@ -567,6 +571,56 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     movement_route("topup", "/v1/topups", "Top up: treasury -> user")
     movement_route("bonus", "/v1/bonuses", "Bonus: bonus_pool -> user")
     movement_route("purchase", "/v1/purchases", "Purchase: user -> revenue")
+
+    @app.post(
+        "/v1/batch",
+        response_model=BatchResponse,
+        tags=["movements"],
+        summary="Many movements, one transaction",
+        openapi_extra=_body_doc(BatchRequest),
+        responses=_docs(
+            200, BatchResponse, "One result per operation, in request order.", "validation_error", "payload_too_large"
+        ),
+    )
+    async def batch(request: Request, key: ApiKey = Depends(require(*MOVEMENT_SCOPES))) -> Response:
+        body = _parse_body(await request.body(), request.headers.get("content-type"), BatchRequest)
+        missing = sorted({op.type for op in body.operations if not key.allows(op.type)})
+        if missing:
+            raise Forbidden(f"The key {key.name} lacks the {', '.join(missing)} scope(s) this batch needs.")
+        seen: dict[str, int] = {}
+        for index, op in enumerate(body.operations):
+            first = seen.setdefault(op.idempotency_key, index)
+            if first != index:
+                raise ValidationFailed(
+                    f"operations.{index}.idempotency_key repeats operations.{first}'s.",
+                    [
+                        {
+                            "loc": ["operations", index, "idempotency_key"],
+                            "msg": f"repeats item {first}",
+                            "type": "duplicate",
+                        }
+                    ],
+                )
+        items = [
+            ledger.BatchItem(
+                op.idempotency_key,
+                ledger.Movement(op.type, op.user_id, op.asset, op.amount, op.description, op.metadata),
+            )
+            for op in body.operations
+        ]
+        outcomes: list[ledger.Outcome] = await service.run(
+            lambda conn: ledger.execute_batch(conn, key.id, key.name, body.atomic, items)
+        )
+        results = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            replayed = ',"replayed":true' if outcome.kind == "replayed" else ""
+            if outcome.status < 400:
+                results.append(f'{{"status":{outcome.status},"transaction":{outcome.body}{replayed}}}')
+            else:
+                endpoint = ledger.ENDPOINTS[item.movement.type]
+                failure = _outcome_problem(outcome, item.idempotency_key, endpoint, item.movement.request())
+                results.append(f'{{"status":{failure["status"]},"problem":{orjson.dumps(failure).decode()}{replayed}}}')
+        return json_response('{"results":[' + ",".join(results) + "]}")
 
     _register_schemas(app, MovementRequest, UserRequest, Problem)
     app.add_middleware(Envelope, body_size_max_bytes=settings.body_size_max_bytes)

@@ -4,7 +4,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
 PROBLEM_TYPE_BASE = "https://wallet.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -37,10 +36,6 @@ def problem(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     """An RFC 9457 problem document for one of the CODES."""
     status, title = CODES[code]
     return {"type": PROBLEM_TYPE_BASE + code, "title": title, "status": status, "detail": detail, "code": code, **extra}
-
-
-def problem_bytes(code: str, detail: str, **extra: Any) -> bytes:
-    return orjson.dumps(problem(code, detail, **extra))
 
 
 class WalletError(Exception):

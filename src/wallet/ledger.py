@@ -58,7 +58,7 @@ class Outcome:
     """What a money-moving request produced: `created`, `failed` (recorded business error), `replayed` or
     `reused` (the key belongs to another request; `body` holds what that request was)."""
 
-    kind: Literal["created", "failed", "replayed", "reused"]
+    kind: Literal["created", "failed", "replayed", "reused", "aborted", "rejected"]
     status: int
     body: str
     transaction_id: str | None
@@ -96,6 +96,47 @@ async def execute(
     )
     assert row is not None
     return Outcome(row["outcome"], row["status"], row["body"], row["transaction_id"])
+
+
+ENDPOINTS: dict[str, str] = {"topup": "POST /v1/topups", "bonus": "POST /v1/bonuses", "purchase": "POST /v1/purchases"}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    idempotency_key: str
+    movement: Movement
+
+    def as_json(self) -> dict[str, Any]:
+        accounts, amounts = self.movement.legs()
+        return {
+            "key": self.idempotency_key,
+            "endpoint": ENDPOINTS[self.movement.type],
+            "request": self.movement.request(),
+            "type": self.movement.type,
+            "asset": self.movement.asset,
+            "user_id": self.movement.user_id,
+            "amount": self.movement.amount,
+            "accounts": accounts,
+            "amounts": amounts,
+            "description": self.movement.description,
+            "metadata": self.movement.metadata,
+        }
+
+
+async def execute_batch(
+    conn: asyncpg.Connection, api_key_id: int, api_key_name: str, atomic: bool, items: list[BatchItem]
+) -> list[Outcome]:
+    """Runs every item in one statement (one transaction); outcomes in request order. Outcome kinds add
+    `aborted` (atomic batch, not written because another item failed) and `rejected` (atomic batch, failed and
+    not recorded)."""
+    rows = await conn.fetch(
+        "SELECT outcome, status, body, transaction_id FROM wallet_batch($1, $2, $3, $4) ORDER BY ord",
+        api_key_id,
+        api_key_name,
+        atomic,
+        [item.as_json() for item in items],
+    )
+    return [Outcome(row["outcome"], row["status"], row["body"], row["transaction_id"]) for row in rows]
 
 
 def parse_transaction_id(public_id: str) -> int | None:
@@ -355,4 +396,4 @@ async def seed(conn: asyncpg.Connection) -> None:
         await ensure_user(conn, user_id, user_id.capitalize())
         for asset, amount in funding.items():
             movement = Movement("topup", user_id, asset, amount, "Welcome credits", {"source": "seed"})
-            await execute(conn, seed_key_id, SEED_KEY_NAME, f"seed:{user_id}:{asset}", "POST /v1/topups", movement)
+            await execute(conn, seed_key_id, SEED_KEY_NAME, f"seed:{user_id}:{asset}", ENDPOINTS["topup"], movement)

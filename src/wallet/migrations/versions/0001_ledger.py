@@ -5,9 +5,7 @@ Revises:
 Create Date: 2026-11-25
 """
 
-from pathlib import Path
-
-from alembic import op
+from wallet.migrations.sql import run_sql_beside
 
 revision = "0001"
 down_revision = None
@@ -16,6 +14,4 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Straight to the driver with no parameters, so that the SQL's own % and : are left as written.
-    with op.get_bind().connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
-        cursor.execute(Path(__file__).with_suffix(".sql").read_text())
+    run_sql_beside(__file__)
