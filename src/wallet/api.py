@@ -57,6 +57,7 @@ from wallet.models import (
     User,
     UserRequest,
 )
+from wallet.ratelimit import RateLimiter
 
 log = logging.getLogger("wallet.api")
 
@@ -286,6 +287,7 @@ class Service:
         self.settings = settings
         self.database_url = database_url
         self.keys = KeyCache(settings.api_key_cache_ttl_ms)
+        self.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s)
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -374,6 +376,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             if key is None:
                 raise Unauthenticated("The API key is unknown or revoked.")
             _context(request).key_name = key.name
+            await service.rate_limiter.check(key)
             if not any(key.allows(scope) for scope in scopes):
                 raise Forbidden(f"The key {key.name} lacks the {' or '.join(scopes)} scope.")
             return key

@@ -122,6 +122,9 @@ def verify() -> None:
 def keys_create(
     name: Annotated[str, typer.Option(help="A unique name; recorded on every transaction the key creates.")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: " + ",".join(api_keys.SCOPES))] = "read",
+    rate_limit_per_s: Annotated[
+        int | None, typer.Option(help="Requests per second for this key (default: WALLET_RATE_LIMIT_PER_S).", min=1)
+    ] = None,
 ) -> None:
     """Create an API key and print its secret (shown once)."""
     wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()]
@@ -133,7 +136,7 @@ def keys_create(
     with database_url(get_settings()) as url:
         migrate(url)
         try:
-            secret = _with_connection(url, lambda conn: api_keys.create(conn, name, wanted))
+            secret = _with_connection(url, lambda conn: api_keys.create(conn, name, wanted, rate_limit_per_s))
         except asyncpg.UniqueViolationError:
             typer.echo(f"a key named {name} exists already", err=True)
             raise typer.Exit(1) from None
@@ -147,7 +150,8 @@ def keys_list() -> None:
         rows = _with_connection(url, api_keys.list_all)
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        typer.echo(f"{row['name']:<24} {','.join(row['scopes']):<32} created {row['created_at']}  {state}")
+        rate = f"{row['rate_limit_per_s']}/s" if row["rate_limit_per_s"] else "default rate"
+        typer.echo(f"{row['name']:<24} {','.join(row['scopes']):<32} {rate:<14} created {row['created_at']}  {state}")
 
 
 @keys_app.command("revoke")

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     body_size_max_bytes: int = Field(default=65_536, ge=1_024, le=10_485_760)
     rollup_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000)
     retry_attempts_max: int = Field(default=5, ge=1, le=20)
+    rate_limit_per_s: int = Field(
+        default=5_000,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second per API key unless the key sets its own; 0 = off.",
+    )
+    redis_url: str | None = Field(default=None, description="Shares rate limits across workers and servers.")
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ class ApiKey:
     id: int
     name: str
     scopes: frozenset[str]
+    rate_limit_per_s: int | None = None  # None: the service's default
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -34,14 +35,15 @@ def new_secret() -> str:
     return "wk_" + secrets.token_urlsafe(32)
 
 
-async def create(conn: asyncpg.Connection, name: str, scopes: list[str]) -> str:
+async def create(conn: asyncpg.Connection, name: str, scopes: list[str], rate_limit_per_s: int | None = None) -> str:
     """Creates a key and returns its secret, which is not stored and cannot be shown again."""
     secret = new_secret()
     await conn.execute(
-        "INSERT INTO api_keys (name, secret_hash, scopes) VALUES ($1, $2, $3)",
+        "INSERT INTO api_keys (name, secret_hash, scopes, rate_limit_per_s) VALUES ($1, $2, $3, $4)",
         name,
         hash_secret(secret),
         sorted(set(scopes)),
+        rate_limit_per_s,
     )
     return secret
 
@@ -56,7 +58,8 @@ async def revoke(conn: asyncpg.Connection, name: str) -> bool:
 async def list_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
-            "SELECT name, scopes, wallet_ts(created_at) AS created_at, wallet_ts(revoked_at) AS revoked_at"
+            "SELECT name, scopes, rate_limit_per_s, wallet_ts(created_at) AS created_at,"
+            " wallet_ts(revoked_at) AS revoked_at"
             " FROM api_keys ORDER BY id"
         )
     )
@@ -99,12 +102,13 @@ class KeyCache:
         if cached is not None and cached[0] > now:
             return cached[1]
         row = await conn_source.fetchrow(
-            "SELECT id, name, scopes, secret_hash FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            "SELECT id, name, scopes, rate_limit_per_s, secret_hash FROM api_keys"
+            " WHERE secret_hash = $1 AND revoked_at IS NULL",
             digest,
         )
         key = None
         if row is not None and hmac.compare_digest(bytes(row["secret_hash"]), digest):
-            key = ApiKey(id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
+            key = ApiKey(row["id"], row["name"], frozenset(row["scopes"]), row["rate_limit_per_s"])
         if len(self._entries) > 10_000:  # bounded: unknown secrets must not grow it without end
             self._entries.clear()
         self._entries[digest] = (now + self._ttl_s, key)
