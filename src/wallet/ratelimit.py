@@ -42,9 +42,9 @@ class RateLimiter:
         if item is None:
             item = self._items.setdefault(per_s, RateLimitItemPerSecond(per_s))
         try:
-            if await self._limiter.hit(item, "key", str(key.id)):
+            if await self._limiter.hit(item, "key", key.name, str(key.id)):
                 return
-            stats = await self._limiter.get_window_stats(item, "key", str(key.id))
+            stats = await self._limiter.get_window_stats(item, "key", key.name, str(key.id))
         except (OSError, TimeoutError, StorageError) as exc:
             log.warning(
                 "rate limiter unavailable, request let through", extra={"fields": {"error": type(exc).__name__}}
