@@ -168,10 +168,7 @@ _USER_JSON = """json_build_object('user_id', u.user_id, 'display_name', u.displa
                                   'created_at', wallet_ts(u.created_at))"""
 
 
-async def ensure_user(conn: asyncpg.Connection, user_id: str, display_name: str | None) -> tuple[bool, str]:
-    """Creates the user with one account per asset, or returns the existing one. (created, representation)."""
-    row = await conn.fetchrow(
-        f"""
+_ENSURE_USER_SQL = f"""
         WITH created AS (
             INSERT INTO users (user_id, display_name) VALUES ($1, $2)
             ON CONFLICT (user_id) DO NOTHING RETURNING *
@@ -188,13 +185,18 @@ async def ensure_user(conn: asyncpg.Connection, user_id: str, display_name: str 
         UNION ALL SELECT false, {_USER_JSON} FROM renamed u
         UNION ALL SELECT false, {_USER_JSON} FROM users u
          WHERE u.user_id = $1 AND NOT EXISTS (SELECT 1 FROM created) AND NOT EXISTS (SELECT 1 FROM renamed)
-        """,
-        user_id,
-        display_name,
-    )
-    if row is None:  # a concurrent PUT created it between our snapshot and our insert
-        return await ensure_user(conn, user_id, display_name)
-    return bool(row["created"]), str(row["body"])
+        """
+
+
+async def ensure_user(conn: asyncpg.Connection, user_id: str, display_name: str | None) -> tuple[bool, str]:
+    """Creates the user with one account per asset, or returns the existing one. (created, representation)."""
+    for _ in range(3):
+        row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name)
+        if row is not None:
+            return bool(row["created"]), str(row["body"])
+        # A concurrent PUT committed the user after our statement's snapshot: its insert made ours a no-op,
+        # and the snapshot cannot see it. The next statement can.
+    raise AssertionError(f"user {user_id} neither created nor found")
 
 
 async def get_user(conn: asyncpg.Connection, user_id: str) -> str:
@@ -326,6 +328,9 @@ VERIFY_CHECKS: dict[str, str] = {
     "every pending delta is on a system account": """
         SELECT d.account_id, d.amount FROM account_deltas d LEFT JOIN accounts a ON a.id = d.account_id
          WHERE a.kind IS DISTINCT FROM 'system'""",
+    "every idempotency record belongs to an API key": """
+        SELECT k.api_key_id, k.key FROM idempotency_keys k LEFT JOIN api_keys a ON a.id = k.api_key_id
+         WHERE a.id IS NULL""",
     "every successful idempotency record names its transaction": """
         SELECT api_key_id, key, status FROM idempotency_keys
          WHERE (status = 201) <> (transaction_id IS NOT NULL) OR status IS NULL""",
