@@ -656,6 +656,6 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: reads WALLET_DATABASE_URL, which `wallet serve` sets."""
     from wallet.logs import configure
 
-    settings = get_settings()
+    settings = Settings()  # not the cached instance: `wallet serve` set the URL after reading its own
     configure(settings.log_level)
     return create_app(settings)

@@ -3,7 +3,9 @@
 import asyncio
 import os
 import re
+import signal
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import asyncpg
@@ -54,6 +56,10 @@ async def _seed_and_bootstrap(conn: asyncpg.Connection) -> str | None:
     return await api_keys.ensure_bootstrap(conn, bootstrap.get_secret_value() if bootstrap else None)
 
 
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -64,6 +70,9 @@ def serve(
     settings = get_settings()
     configure(settings.log_level)
     workers = workers or os.cpu_count() or 1
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to the handler it found: make that
+    # handler an orderly exit, so the embedded PostgreSQL is stopped on the way out.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     with database_url(settings) as url:
         _prepare(url)
         set_database_url_for_children(url)
