@@ -64,7 +64,7 @@ log = logging.getLogger("wallet.api")
 JSON = "application/json"
 MOVEMENT_SCOPES = ("topup", "bonus", "purchase")
 M = TypeVar("M", bound=BaseModel)
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")  # echoed as given when visible ASCII of sane length
 IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -642,6 +642,16 @@ def _register_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
         if app.openapi_schema is None:
             schema = original()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
+            # FastAPI documents a default 422 (HTTPValidationError as application/json) that this service never
+            # sends: its 422s are problem documents, documented per route where they can happen.
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    content = operation.get("responses", {}).get("422", {}).get("content", {})
+                    content.pop("application/json", None)
+                    if "422" in operation.get("responses", {}) and not content:
+                        del operation["responses"]["422"]
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
             for model in models:
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
