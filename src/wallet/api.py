@@ -89,9 +89,10 @@ class RequestContext:
 class Envelope:
     """Pure ASGI middleware: request ids, the body size limit, security headers, one log line per request."""
 
-    def __init__(self, app: ASGIApp, body_size_max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, body_size_max_bytes: int, body_size_max_bytes_by_path: dict[str, int]) -> None:
         self.app = app
         self.body_size_max_bytes = body_size_max_bytes
+        self.body_size_max_bytes_by_path = body_size_max_bytes_by_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,14 +116,15 @@ class Envelope:
                 message["headers"] = [*message.get("headers", []), *extra_headers]
             await send(message)
 
+        body_max = self.body_size_max_bytes_by_path.get(scope["path"], self.body_size_max_bytes)
         try:
             length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.body_size_max_bytes):
-                await self._reject_too_large(send_wrapper)
+            if length is not None and (not length.isdigit() or int(length) > body_max):
+                await self._reject_too_large(send_wrapper, body_max)
                 return
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, body_max), send_wrapper)
         except PayloadTooLarge:
-            await self._reject_too_large(send_wrapper)
+            await self._reject_too_large(send_wrapper, body_max)
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": context.request_id}})
             if not response_started[0]:
@@ -138,7 +140,8 @@ class Envelope:
                 transaction_id=context.transaction_id,
             )
 
-    def _limited(self, receive: Receive) -> Receive:
+    @staticmethod
+    def _limited(receive: Receive, body_max: int) -> Receive:
         received = 0
 
         async def limited_receive() -> Message:
@@ -146,14 +149,14 @@ class Envelope:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.body_size_max_bytes:
+                if received > body_max:
                     raise PayloadTooLarge("body too large")
             return message
 
         return limited_receive
 
-    async def _reject_too_large(self, send: Send) -> None:
-        await self._send_problem(send, PayloadTooLarge(f"The body is over {self.body_size_max_bytes} bytes."))
+    async def _reject_too_large(self, send: Send, body_max: int) -> None:
+        await self._send_problem(send, PayloadTooLarge(f"The body is over {body_max} bytes."))
 
     @staticmethod
     async def _send_problem(send: Send, error: WalletError) -> None:
@@ -626,7 +629,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         return json_response('{"results":[' + ",".join(results) + "]}")
 
     _register_schemas(app, MovementRequest, UserRequest, Problem)
-    app.add_middleware(Envelope, body_size_max_bytes=settings.body_size_max_bytes)
+    app.add_middleware(
+        Envelope,
+        body_size_max_bytes=settings.body_size_max_bytes,
+        # 1,000 operations do not fit in 64 KiB: batches get their own limit.
+        body_size_max_bytes_by_path={"/v1/batch": settings.batch_body_size_max_bytes},
+    )
     return app
 
 

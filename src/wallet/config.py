@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     idempotency_retention_days: int = Field(default=30, ge=1, le=3_650)
     api_key_cache_ttl_ms: int = Field(default=1_000, ge=0, le=60_000)
     body_size_max_bytes: int = Field(default=65_536, ge=1_024, le=10_485_760)
+    batch_body_size_max_bytes: int = Field(default=2_097_152, ge=1_024, le=67_108_864)
     rollup_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000)
     retry_attempts_max: int = Field(default=5, ge=1, le=20)
     rate_limit_per_s: int = Field(
