@@ -175,17 +175,19 @@ BEGIN
         RAISE EXCEPTION 'account % does not exist on asset %', v_missing, p_asset USING ERRCODE = 'WL901';
     END IF;
 
-    -- Lock the user accounts in id order, then find the first leg that would break a bound.
-    SELECT locked.name, locked.balance, locked.amount INTO v_short
-      FROM (
-          SELECT a.name, a.balance, l.amount, a.id
-            FROM accounts a JOIN unnest(v_ids, p_amounts) AS l (id, amount) ON a.id = l.id
-           WHERE a.kind = 'user'
-           ORDER BY a.id
-             FOR NO KEY UPDATE OF a
-      ) locked
-     WHERE locked.balance + locked.amount < 0 OR locked.balance + locked.amount > 1000000000000000000
-     ORDER BY locked.id
+    -- Lock the user accounts in id order. A statement of its own: in one statement PostgreSQL would test the
+    -- bounds below on the row as it was before the lock wait, and a concurrent change would slip past them.
+    PERFORM 1 FROM accounts a
+     WHERE a.id = ANY (v_ids) AND a.kind = 'user'
+     ORDER BY a.id
+       FOR NO KEY UPDATE;
+
+    -- Under the locks, with a snapshot taken after them: find the first leg that would break a bound.
+    SELECT a.name, a.balance, l.amount INTO v_short
+      FROM accounts a JOIN unnest(v_ids, p_amounts) AS l (id, amount) ON a.id = l.id
+     WHERE a.kind = 'user'
+       AND (a.balance + l.amount < 0 OR a.balance + l.amount > 1000000000000000000)
+     ORDER BY a.id
      LIMIT 1;
 
     IF FOUND THEN
