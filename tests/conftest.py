@@ -95,8 +95,12 @@ def ledger_verified_at_end(database_url: str) -> Iterator[None]:
     """After every test has run, `wallet verify` must find a clean ledger."""
     yield
     result = subprocess.run(
-        [WALLET, "verify"], env={**os.environ, "WALLET_DATABASE_URL": database_url},
-        capture_output=True, text=True, timeout=120, check=False,
+        [WALLET, "verify"],
+        env={**os.environ, "WALLET_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     print("\n" + result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -144,9 +148,14 @@ def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
     log = tempfile.NamedTemporaryFile(prefix="wallet-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [WALLET, "serve", "--port", str(port), "--workers", "2"],
-        env={**os.environ, "WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING",
-             "WALLET_API_KEY_CACHE_TTL_MS": "0"},
-        stdout=log, stderr=subprocess.STDOUT,
+        env={
+            **os.environ,
+            "WALLET_DATABASE_URL": database_url,
+            "WALLET_LOG_LEVEL": "WARNING",
+            "WALLET_API_KEY_CACHE_TTL_MS": "0",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -91,7 +91,7 @@ async def counts(db: asyncpg.Connection) -> dict[str, int]:
 async def entries_of(db: asyncpg.Connection, posted_id: int) -> list[tuple[str, str, int, int | None]]:
     rows = await db.fetch(
         """SELECT a.kind, a.name, e.amount, e.balance_after FROM entries e JOIN accounts a ON a.id = e.account_id
-            WHERE e.transaction_id = $1 ORDER BY e.id""",
+            WHERE e.transaction_id = $1 ORDER BY e.leg""",
         posted_id,
     )
     return [(row["kind"], row["name"], row["amount"], row["balance_after"]) for row in rows]

@@ -24,6 +24,7 @@ from wallet.config import Settings, get_settings
 from wallet.database import create_pool, with_retries
 from wallet.errors import (
     CODES,
+    DATABASE_ERRORS,
     PROBLEM_MEDIA_TYPE,
     Forbidden,
     IdempotencyKeyInvalid,
@@ -317,7 +318,7 @@ class Service:
             return await with_retries(self.settings.retry_attempts_max, attempt)
         except WalletError:
             raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             error = from_database(exc)
             if isinstance(error, InternalError):
                 log.error("database error", extra={"fields": {"sqlstate": getattr(exc, "sqlstate", None)}})
@@ -389,7 +390,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def _resolve_key(secret: str) -> ApiKey | None:
         try:
             return await service.keys.resolve(service.pool, secret)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except DATABASE_ERRORS as exc:
             raise from_database(exc) from None
 
     def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -428,7 +429,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             async with asyncio.timeout(1.0):
                 async with service.pool.acquire() as conn:
                     await conn.fetchval("SELECT 1")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+        except DATABASE_ERRORS:
             return json_response('{"status":"unavailable","database":"unavailable"}', 503)
         return json_response('{"status":"ok","database":"ok"}')
 

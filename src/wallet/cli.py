@@ -64,7 +64,7 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes (default: one per core).", min=1, max=64)] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0 = one per core.", min=0, max=64)] = 0,
 ) -> None:
     """Apply migrations, seed, and serve the API (on an embedded PostgreSQL unless WALLET_DATABASE_URL is set)."""
     settings = get_settings()

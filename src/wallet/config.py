@@ -19,7 +19,6 @@ class Settings(BaseSettings):
     bootstrap_key: SecretStr | None = Field(
         default=None, description="Secret of an admin key that the service ensures at start."
     )
-    pool_size_min: int = Field(default=2, ge=1, le=200)
     pool_size_max: int = Field(default=16, ge=1, le=500)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)

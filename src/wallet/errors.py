@@ -143,6 +143,9 @@ _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")  # connection, resources, s
 _UNAVAILABLE_SQLSTATES = {"55P03", "57014"}  # lock_not_available (lock_timeout), query_canceled (timeout)
 RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 
+# What the driver raises when the database fails, is unreachable, or the connection breaks.
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+
 
 def from_database(exc: BaseException) -> WalletError:
     """Maps a driver or server error to the public error it stands for. The SQL text never leaves here."""
@@ -159,7 +162,7 @@ def from_database(exc: BaseException) -> WalletError:
                 "The write kept conflicting with others; nothing was written. Retry.", headers={"Retry-After": "1"}
             )
         return InternalError(f"Unexpected database error (SQLSTATE {sqlstate}); nothing was written.")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
         return Unavailable(
             "The database cannot be reached; nothing was written. Retry later.", headers={"Retry-After": "1"}
         )

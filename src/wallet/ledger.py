@@ -147,7 +147,7 @@ def parse_transaction_id(public_id: str) -> int | None:
 async def get_transaction(conn: asyncpg.Connection, public_id: str) -> str:
     internal_id = parse_transaction_id(public_id)
     body = None
-    if internal_id is not None and internal_id < 2**63:
+    if internal_id is not None and internal_id < 2**63:  # ids are bigint
         body = await conn.fetchval("SELECT wallet_transaction_json($1)", internal_id)
     if body is None:
         raise TransactionNotFound(f"Transaction {public_id[:64]} does not exist.")
@@ -242,7 +242,7 @@ async def get_history(conn: asyncpg.Connection, user_id: str, asset: str | None,
     before_id = None
     if cursor is not None:
         before_id = parse_transaction_id(cursor)
-        if before_id is None:
+        if before_id is None or before_id >= 2**63:
             raise ValidationFailed(
                 "The cursor is not one this service handed out.",
                 [{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}],
@@ -299,11 +299,11 @@ async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int) 
 # Each check is a set-based query returning the violating rows; a clean ledger returns none.
 VERIFY_CHECKS: dict[str, str] = {
     "every transaction's entries sum to 0 (at least two legs)": """
-        SELECT wallet_public_id(t.id) AS transaction, coalesce(sum(e.amount), 0) AS total, count(e.id) AS legs
+        SELECT wallet_public_id(t.id) AS transaction, coalesce(sum(e.amount), 0) AS total, count(e.leg) AS legs
           FROM transactions t LEFT JOIN entries e ON e.transaction_id = t.id
-         GROUP BY t.id HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.id) < 2""",
+         GROUP BY t.id HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.leg) < 2""",
     "every entry is on an account of its transaction's asset": """
-        SELECT e.id AS entry, wallet_public_id(e.transaction_id) AS transaction, a.asset, t.asset AS expected
+        SELECT wallet_public_id(e.transaction_id) AS transaction, e.leg, a.asset, t.asset AS expected
           FROM entries e JOIN transactions t ON t.id = e.transaction_id LEFT JOIN accounts a ON a.id = e.account_id
          WHERE a.id IS NULL OR a.asset <> t.asset""",
     "every asset's entries sum to 0": """
@@ -331,7 +331,7 @@ VERIFY_CHECKS: dict[str, str] = {
     "every idempotency record belongs to an API key": """
         SELECT k.api_key_id, k.key FROM idempotency_keys k LEFT JOIN api_keys a ON a.id = k.api_key_id
          WHERE a.id IS NULL""",
-    "every successful idempotency record names its transaction": """
+    "every successful idempotency record names its transaction, and only those": """
         SELECT api_key_id, key, status FROM idempotency_keys
          WHERE (status = 201) <> (transaction_id IS NOT NULL) OR status IS NULL""",
 }

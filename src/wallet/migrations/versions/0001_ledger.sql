@@ -52,6 +52,7 @@ CREATE TABLE api_keys (
 );
 
 CREATE TABLE transactions (
+    -- Taken after the posting's account locks: on every account, ids increase in the order postings applied.
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     type         text NOT NULL CHECK (type ~ '^[a-z_]{1,32}$'),
     asset        text NOT NULL CHECK (asset ~ '^[A-Z][A-Z0-9_]{1,15}$'),
@@ -68,15 +69,15 @@ CREATE TABLE transactions (
 -- game server uses), so every request would pile into one MultiXact. The engine resolves both before writing,
 -- rows of accounts and api_keys are never deleted, and `wallet verify` checks that every reference resolves.
 CREATE TABLE entries (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     transaction_id bigint NOT NULL REFERENCES transactions (id),
+    leg            smallint NOT NULL CHECK (leg >= 1),
     account_id     bigint NOT NULL,
     amount         bigint NOT NULL CHECK (amount <> 0),
     -- The balance this entry produced; NULL on system accounts, whose balance is not serialized.
-    balance_after  bigint CHECK (balance_after >= 0)
+    balance_after  bigint CHECK (balance_after >= 0),
+    PRIMARY KEY (transaction_id, leg)
 );
 CREATE INDEX entries_by_account ON entries (account_id, transaction_id DESC);
-CREATE INDEX entries_by_transaction ON entries (transaction_id);
 
 CREATE TABLE idempotency_keys (
     api_key_id     bigint NOT NULL,
@@ -89,7 +90,8 @@ CREATE TABLE idempotency_keys (
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (api_key_id, key)
 );
-CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+-- BRIN: keys arrive in time order, and the purge only needs ranges; a B-tree would cost every request.
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys USING brin (created_at);
 
 -- Presentation helpers: one place renders ids, timestamps and transactions, for POST and GET alike.
 CREATE FUNCTION wallet_public_id(p_id bigint) RETURNS text
@@ -100,30 +102,39 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
-CREATE FUNCTION wallet_transaction_json(p_id bigint) RETURNS json
+-- The one renderer of a transaction. The POST renders from what it just wrote; GET and replays read the rows.
+CREATE FUNCTION wallet_render(
+    p_id bigint, p_type text, p_user_id text, p_asset text, p_amount bigint, p_balance_after bigint,
+    p_description text, p_metadata jsonb, p_accounts text[], p_amounts bigint[], p_created_at timestamptz
+) RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
-        'id', wallet_public_id(t.id),
-        'type', t.type,
+        'id', wallet_public_id(p_id),
+        'type', p_type,
         'status', 'posted',
-        'user_id', t.user_id,
-        'asset', t.asset,
-        'amount', t.amount,
-        'balance_after', (
-            SELECT e.balance_after FROM entries e JOIN accounts a ON a.id = e.account_id
-            WHERE e.transaction_id = t.id AND a.kind = 'user' AND a.user_id = t.user_id
-            ORDER BY e.id LIMIT 1
-        ),
-        'description', t.description,
-        'metadata', t.metadata,
-        'entries', (
-            SELECT json_agg(json_build_object('account', a.name, 'amount', e.amount) ORDER BY e.id)
-            FROM entries e JOIN accounts a ON a.id = e.account_id
-            WHERE e.transaction_id = t.id
-        ),
-        'created_at', wallet_ts(t.created_at)
+        'user_id', p_user_id,
+        'asset', p_asset,
+        'amount', p_amount,
+        'balance_after', p_balance_after,
+        'description', p_description,
+        'metadata', p_metadata,
+        'entries', (SELECT json_agg(json_build_object('account', l.account, 'amount', l.amount) ORDER BY l.leg)
+                      FROM unnest(p_accounts, p_amounts) WITH ORDINALITY AS l (account, amount, leg)),
+        'created_at', wallet_ts(p_created_at)
     )
-    FROM transactions t WHERE t.id = p_id
+$$;
+
+CREATE FUNCTION wallet_transaction_json(p_id bigint) RETURNS json
+LANGUAGE sql STABLE AS $$
+    SELECT wallet_render(t.id, t.type, t.user_id, t.asset, t.amount,
+                         (array_agg(e.balance_after ORDER BY e.leg) FILTER (WHERE a.name = 'user:' || t.user_id))[1],
+                         t.description, t.metadata,
+                         array_agg(a.name ORDER BY e.leg), array_agg(e.amount ORDER BY e.leg), t.created_at)
+      FROM transactions t
+      JOIN entries e ON e.transaction_id = t.id
+      JOIN accounts a ON a.id = e.account_id
+     WHERE t.id = p_id
+     GROUP BY t.id
 $$;
 
 -- The posting engine: writes any balanced set of legs on one asset, atomically, or writes nothing and
@@ -131,11 +142,13 @@ $$;
 -- User accounts are locked in id order (no deadlock between multi-leg postings) and checked under the lock;
 -- the UPDATE is conditional all the same, backed by the CHECK constraints. System legs are appended to
 -- account_deltas and lock nothing.
+-- Returns the balance each leg produced (NULL on system legs) and the transaction's creation time.
 CREATE FUNCTION wallet_post(
     p_type text, p_asset text, p_user_id text, p_amount bigint,
     p_accounts text[], p_amounts bigint[],
     p_description text, p_metadata jsonb, p_api_key_name text,
-    OUT posted_id bigint, OUT error_code text, OUT error_detail text
+    OUT posted_id bigint, OUT created_at timestamptz, OUT balances bigint[],
+    OUT error_code text, OUT error_detail text
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -143,8 +156,11 @@ DECLARE
     v_ids bigint[];
     v_kinds text[];
     v_missing text;
+    v_asset_exists boolean;
+    v_locked_names text[];
+    v_locked_balances bigint[];
+    v_locked_amounts bigint[];
     v_user_legs int;
-    v_short record;
     v_updated int;
 BEGIN
     IF v_legs IS NULL OR v_legs < 2 OR v_legs <> cardinality(p_amounts)
@@ -154,18 +170,18 @@ BEGIN
             USING ERRCODE = 'WL900';
     END IF;
 
-    IF NOT EXISTS (SELECT 1 FROM assets WHERE code = p_asset) THEN
+    SELECT EXISTS (SELECT 1 FROM assets WHERE code = p_asset),
+           array_agg(a.id ORDER BY l.ord), array_agg(a.kind ORDER BY l.ord),
+           min(l.name) FILTER (WHERE a.id IS NULL)
+      INTO v_asset_exists, v_ids, v_kinds, v_missing
+      FROM unnest(p_accounts) WITH ORDINALITY AS l (name, ord)
+      LEFT JOIN accounts a ON a.name = l.name AND a.asset = p_asset;
+
+    IF NOT v_asset_exists THEN
         error_code := 'asset_not_found';
         error_detail := format('Asset %s does not exist.', p_asset);
         RETURN;
     END IF;
-
-    SELECT array_agg(a.id ORDER BY l.ord), array_agg(a.kind ORDER BY l.ord),
-           min(l.name) FILTER (WHERE a.id IS NULL), count(*) FILTER (WHERE a.kind = 'user')
-      INTO v_ids, v_kinds, v_missing, v_user_legs
-      FROM unnest(p_accounts) WITH ORDINALITY AS l (name, ord)
-      LEFT JOIN accounts a ON a.name = l.name AND a.asset = p_asset;
-
     IF v_missing IS NOT NULL THEN
         IF v_missing LIKE 'user:%' THEN
             error_code := 'user_not_found';
@@ -175,60 +191,66 @@ BEGIN
         RAISE EXCEPTION 'account % does not exist on asset %', v_missing, p_asset USING ERRCODE = 'WL901';
     END IF;
 
-    -- Lock the user accounts in id order. A statement of its own: in one statement PostgreSQL would test the
-    -- bounds below on the row as it was before the lock wait, and a concurrent change would slip past them.
-    PERFORM 1 FROM accounts a
-     WHERE a.id = ANY (v_ids) AND a.kind = 'user'
-     ORDER BY a.id
-       FOR NO KEY UPDATE;
+    -- Lock the user accounts in id order and read their balances. No WHERE on the balances here: a filter
+    -- would be tested on the row as it was before the lock wait, and a row it dropped would go unlocked;
+    -- locked rows are re-read at their newest version.
+    SELECT coalesce(array_agg(locked.name ORDER BY locked.id), '{}'),
+           coalesce(array_agg(locked.balance ORDER BY locked.id), '{}'),
+           coalesce(array_agg(locked.amount ORDER BY locked.id), '{}')
+      INTO v_locked_names, v_locked_balances, v_locked_amounts
+      FROM (SELECT a.id, a.name, a.balance, l.amount
+              FROM accounts a JOIN unnest(v_ids, p_amounts) AS l (id, amount) ON a.id = l.id
+             WHERE a.kind = 'user'
+             ORDER BY a.id
+               FOR NO KEY UPDATE OF a) locked;
+    v_user_legs := cardinality(v_locked_names);
 
-    -- Under the locks, with a snapshot taken after them: find the first leg that would break a bound.
-    SELECT a.name, a.balance, l.amount INTO v_short
-      FROM accounts a JOIN unnest(v_ids, p_amounts) AS l (id, amount) ON a.id = l.id
-     WHERE a.kind = 'user'
-       AND (a.balance + l.amount < 0 OR a.balance + l.amount > 1000000000000000000)
-     ORDER BY a.id
-     LIMIT 1;
-
-    IF FOUND THEN
-        IF v_short.balance + v_short.amount < 0 THEN
+    FOR i IN 1..v_user_legs LOOP
+        IF v_locked_balances[i] + v_locked_amounts[i] < 0 THEN
             error_code := 'insufficient_funds';
             error_detail := format('Balance of %s in %s is %s, less than the %s requested.',
-                                   v_short.name, p_asset, v_short.balance, -v_short.amount);
-        ELSE
+                                   v_locked_names[i], p_asset, v_locked_balances[i], -v_locked_amounts[i]);
+            RETURN;
+        ELSIF v_locked_balances[i]::numeric + v_locked_amounts[i] > 1000000000000000000 THEN
             error_code := 'balance_limit_exceeded';
             error_detail := format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
-                                   v_short.name, p_asset, v_short.balance, v_short.amount);
+                                   v_locked_names[i], p_asset, v_locked_balances[i], v_locked_amounts[i]);
+            RETURN;
         END IF;
-        RETURN;
-    END IF;
+    END LOOP;
 
-    INSERT INTO transactions (type, asset, user_id, amount, description, metadata, api_key_name)
-    VALUES (p_type, p_asset, p_user_id, p_amount, p_description, coalesce(p_metadata, '{}'), p_api_key_name)
-    RETURNING id INTO posted_id;
-
-    WITH moved AS (
-        UPDATE accounts a SET balance = a.balance + l.amount
-          FROM unnest(v_ids, p_amounts, v_kinds) AS l (id, amount, kind)
-         WHERE l.kind = 'user' AND a.id = l.id AND a.balance + l.amount >= 0
+    -- One statement writes the transaction, moves the user balances, appends the entries and the deltas.
+    WITH posted AS (
+        INSERT INTO transactions (type, asset, user_id, amount, description, metadata, api_key_name)
+        VALUES (p_type, p_asset, p_user_id, p_amount, p_description, coalesce(p_metadata, '{}'), p_api_key_name)
+        RETURNING id, transactions.created_at
+    ), legs AS (
+        SELECT l.id, l.amount, l.kind, l.leg
+          FROM unnest(v_ids, p_amounts, v_kinds) WITH ORDINALITY AS l (id, amount, kind, leg)
+    ), moved AS (
+        UPDATE accounts a SET balance = a.balance + legs.amount
+          FROM legs
+         WHERE legs.kind = 'user' AND a.id = legs.id AND a.balance + legs.amount >= 0
         RETURNING a.id, a.balance
     ), written AS (
-        INSERT INTO entries (transaction_id, account_id, amount, balance_after)
-        SELECT posted_id, l.id, l.amount, moved.balance
-          FROM unnest(v_ids, p_amounts) WITH ORDINALITY AS l (id, amount, ord)
-          LEFT JOIN moved ON moved.id = l.id
-         ORDER BY l.ord
-        RETURNING balance_after
+        INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
+        SELECT posted.id, legs.leg, legs.id, legs.amount, moved.balance
+          FROM posted CROSS JOIN legs LEFT JOIN moved ON moved.id = legs.id
+        RETURNING leg, balance_after
+    ), appended AS (
+        INSERT INTO account_deltas (account_id, amount)
+        SELECT legs.id, legs.amount FROM legs WHERE legs.kind = 'system'
     )
-    SELECT count(balance_after) INTO v_updated FROM written;
+    SELECT posted.id, posted.created_at,
+           (SELECT array_agg(w.balance_after ORDER BY w.leg) FROM written w),
+           (SELECT count(w.balance_after) FROM written w)
+      INTO posted_id, created_at, balances, v_updated
+      FROM posted;
 
     IF v_updated <> v_user_legs THEN
         RAISE EXCEPTION 'posting %: % user legs, % updated', posted_id, v_user_legs, v_updated
             USING ERRCODE = 'WL902';
     END IF;
-
-    INSERT INTO account_deltas (account_id, amount)
-    SELECT l.id, l.amount FROM unnest(v_ids, p_amounts, v_kinds) AS l (id, amount, kind) WHERE l.kind = 'system';
 END
 $$;
 
@@ -254,7 +276,7 @@ BEGIN
         v_claimed := FOUND;
         EXIT WHEN v_claimed;
 
-        SELECT * INTO v_stored FROM idempotency_keys WHERE api_key_id = p_api_key_id AND key = p_key;
+        SELECT * INTO v_stored FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_key;
         CONTINUE WHEN NOT FOUND;  -- purged between the two statements: claim it again
         IF v_stored.endpoint = p_endpoint AND v_stored.request = p_request THEN
             outcome := 'replayed';
@@ -278,16 +300,18 @@ BEGIN
         outcome := 'created';
         status := 201;
         transaction_id := wallet_public_id(v_post.posted_id);
-        body := wallet_transaction_json(v_post.posted_id);
-        UPDATE idempotency_keys SET status = 201, transaction_id = v_post.posted_id
-         WHERE api_key_id = p_api_key_id AND key = p_key;
+        UPDATE idempotency_keys k SET status = 201, transaction_id = v_post.posted_id
+         WHERE k.api_key_id = p_api_key_id AND k.key = p_key;
+        body := wallet_render(v_post.posted_id, p_type, p_user_id, p_asset, p_amount,
+                              v_post.balances[array_position(p_accounts, 'user:' || p_user_id)],
+                              p_description, coalesce(p_metadata, '{}'), p_accounts, p_amounts, v_post.created_at);
     ELSE
         outcome := 'failed';
         status := CASE v_post.error_code WHEN 'user_not_found' THEN 404 WHEN 'asset_not_found' THEN 404
                   ELSE 409 END;
         body := json_build_object('code', v_post.error_code, 'detail', v_post.error_detail);
-        UPDATE idempotency_keys SET status = wallet_request.status, problem = body::jsonb
-         WHERE api_key_id = p_api_key_id AND key = p_key;
+        UPDATE idempotency_keys k SET status = wallet_request.status, problem = body::jsonb
+         WHERE k.api_key_id = p_api_key_id AND k.key = p_key;
     END IF;
 END
 $$;

@@ -14,9 +14,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_item jsonb;
     v_ord int;
-    v_claimed text[];
+    v_claimed jsonb;  -- the keys this batch claimed, as an object for O(log n) lookups
     v_stored idempotency_keys;
     v_post record;
+    v_accounts text[];
+    v_amounts bigint[];
     v_outcomes text[] := '{}';
     v_statuses int[] := '{}';
     v_bodies json[] := '{}';
@@ -32,7 +34,7 @@ BEGIN
             SELECT p_api_key_id, key, endpoint, request FROM wanted
             ON CONFLICT DO NOTHING RETURNING key
         )
-        SELECT coalesce(array_agg(key), '{}') INTO v_claimed FROM claimed;
+        SELECT coalesce(jsonb_object_agg(key, true), '{}') INTO v_claimed FROM claimed;
 
         PERFORM 1 FROM accounts a
           JOIN (SELECT DISTINCT i->>'asset' AS asset, 'user:' || (i->>'user_id') AS name
@@ -41,7 +43,7 @@ BEGIN
 
         FOR v_item, v_ord IN SELECT e.value, e.ordinality FROM jsonb_array_elements(p_items) WITH ORDINALITY e
         LOOP
-            IF NOT (v_item->>'key') = ANY (v_claimed) THEN
+            IF NOT v_claimed ? (v_item->>'key') THEN
                 SELECT * INTO v_stored FROM idempotency_keys k
                  WHERE k.api_key_id = p_api_key_id AND k.key = v_item->>'key';
                 IF v_stored.endpoint = v_item->>'endpoint' AND v_stored.request = v_item->'request' THEN
@@ -58,17 +60,23 @@ BEGIN
                     v_tx_ids := v_tx_ids || NULL::text;
                 END IF;
             ELSE
+                v_accounts := ARRAY(SELECT jsonb_array_elements_text(v_item->'accounts'));
+                v_amounts := ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(v_item->'amounts') x);
                 v_post := wallet_post(
-                    v_item->>'type', v_item->>'asset', v_item->>'user_id', (v_item->>'amount')::bigint,
-                    ARRAY(SELECT jsonb_array_elements_text(v_item->'accounts')),
-                    ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(v_item->'amounts') x),
+                    v_item->>'type', v_item->>'asset', v_item->>'user_id',
+                    (v_item->>'amount')::bigint, v_accounts, v_amounts,
                     v_item->>'description', v_item->'metadata', p_api_key_name);
                 IF v_post.error_code IS NULL THEN
                     UPDATE idempotency_keys k SET status = 201, transaction_id = v_post.posted_id
                      WHERE k.api_key_id = p_api_key_id AND k.key = v_item->>'key';
                     v_outcomes := v_outcomes || 'created'::text;
                     v_statuses := v_statuses || 201;
-                    v_bodies := v_bodies || wallet_transaction_json(v_post.posted_id);
+                    v_bodies := v_bodies || wallet_render(
+                        v_post.posted_id, v_item->>'type', v_item->>'user_id', v_item->>'asset',
+                        (v_item->>'amount')::bigint,
+                        v_post.balances[array_position(v_accounts, 'user:' || (v_item->>'user_id'))],
+                        v_item->>'description', coalesce(v_item->'metadata', '{}'), v_accounts, v_amounts,
+                        v_post.created_at);
                     v_tx_ids := v_tx_ids || wallet_public_id(v_post.posted_id);
                 ELSE
                     v_outcomes := v_outcomes || 'failed'::text;
@@ -77,7 +85,8 @@ BEGIN
                     v_bodies := v_bodies || json_build_object('code', v_post.error_code,
                                                               'detail', v_post.error_detail);
                     v_tx_ids := v_tx_ids || NULL::text;
-                    UPDATE idempotency_keys k SET status = v_statuses[v_ord], problem = v_bodies[v_ord]::jsonb
+                    UPDATE idempotency_keys k
+                       SET status = v_statuses[v_ord], problem = v_bodies[v_ord]::jsonb
                      WHERE k.api_key_id = p_api_key_id AND k.key = v_item->>'key';
                 END IF;
             END IF;
