@@ -19,7 +19,7 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wallet import __version__, ledger
+from wallet import __version__, keys, ledger
 from wallet.config import Settings, get_settings
 from wallet.database import create_pool, with_retries
 from wallet.errors import (
@@ -31,6 +31,7 @@ from wallet.errors import (
     IdempotencyKeyMissing,
     IdempotencyKeyReused,
     InternalError,
+    NotSent,
     PayloadTooLarge,
     Unauthenticated,
     ValidationFailed,
@@ -290,7 +291,7 @@ class Service:
     def __init__(self, settings: Settings, database_url: str) -> None:
         self.settings = settings
         self.database_url = database_url
-        self.keys = KeyCache(settings.api_key_cache_ttl_ms)
+        self.key_cache = KeyCache(settings.api_key_cache_ttl_ms)
         self.rate_limiter = RateLimiter(settings.redis_url, settings.rate_limit_per_s)
         self._pool: asyncpg.Pool | None = None
 
@@ -311,14 +312,21 @@ class Service:
         with database failures turned into public errors."""
 
         async def attempt() -> Any:
-            async with self.pool.acquire(timeout=self.settings.pool_acquire_timeout_ms / 1000) as conn:
+            try:
+                conn = await self.pool.acquire(timeout=self.settings.pool_acquire_timeout_ms / 1000)
+            except DATABASE_ERRORS as exc:
+                raise NotSent(exc) from exc
+            try:
                 return await operation(cast(asyncpg.Connection, conn))
+            finally:
+                await self.pool.release(conn)
 
         try:
-            return await with_retries(self.settings.retry_attempts_max, attempt)
+            settings = self.settings
+            return await with_retries(settings.retry_attempts_max, settings.reconnect_window_ms / 1000, attempt)
         except WalletError:
             raise
-        except DATABASE_ERRORS as exc:
+        except (NotSent, *DATABASE_ERRORS) as exc:
             error = from_database(exc)
             if isinstance(error, InternalError):
                 log.error("database error", extra={"fields": {"sqlstate": getattr(exc, "sqlstate", None)}})
@@ -376,7 +384,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         ) -> ApiKey:
             if credentials is None or credentials.scheme.lower() != "bearer":
                 raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
-            key = await _resolve_key(credentials.credentials)
+            secret = credentials.credentials
+            key = await service.key_cache.resolve(
+                secret, lambda digest: service.run(lambda conn: keys.find(conn, digest))
+            )
             if key is None:
                 raise Unauthenticated("The API key is unknown or revoked.")
             _context(request).key_name = key.name
@@ -386,12 +397,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             return key
 
         return authenticate
-
-    async def _resolve_key(secret: str) -> ApiKey | None:
-        try:
-            return await service.keys.resolve(service.pool, secret)
-        except DATABASE_ERRORS as exc:
-            raise from_database(exc) from None
 
     def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         return Response(body.encode(), status_code=status, media_type=JSON, headers=headers)
@@ -542,8 +547,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             movement = ledger.Movement(
                 operation, body.user_id, body.asset, body.amount, body.description, body.metadata
             )
+            attempt_id = uuid.uuid4()  # the same across the service's own retries of this request
             outcome: ledger.Outcome = await service.run(
-                lambda conn: ledger.execute(conn, key.id, key.name, idempotency_key, endpoint, movement)
+                lambda conn: ledger.execute(conn, attempt_id, key.id, key.name, idempotency_key, endpoint, movement)
             )
             headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else {}
             if outcome.status >= 400:
@@ -615,8 +621,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             )
             for op in body.operations
         ]
+        attempt_id = uuid.uuid4()
         outcomes: list[ledger.Outcome] = await service.run(
-            lambda conn: ledger.execute_batch(conn, key.id, key.name, body.atomic, items)
+            lambda conn: ledger.execute_batch(conn, attempt_id, key.id, key.name, body.atomic, items)
         )
         results = []
         for item, outcome in zip(items, outcomes, strict=True):

@@ -1,9 +1,12 @@
 """The `wallet` command: serve, migrate, seed, verify, keys."""
 
 import asyncio
+import logging
 import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Annotated, TypeVar
@@ -11,14 +14,17 @@ from typing import Annotated, TypeVar
 import asyncpg
 import typer
 import uvicorn
+from sqlalchemy.exc import OperationalError
 
 from wallet import keys as api_keys
 from wallet import ledger
 from wallet.config import get_settings
 from wallet.database import connect, database_url, describe, migrate, set_database_url_for_children
+from wallet.errors import DATABASE_ERRORS
 from wallet.logs import configure
 
 T = TypeVar("T")
+log = logging.getLogger("wallet.cli")
 
 app = typer.Typer(help="Wallet service: a double-entry ledger for virtual credits.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -56,6 +62,17 @@ async def _seed_and_bootstrap(conn: asyncpg.Connection) -> str | None:
     return await api_keys.ensure_bootstrap(conn, bootstrap.get_secret_value() if bootstrap else None)
 
 
+def _prepare_when_reachable(url: str, interval_s: float = 1.0) -> None:
+    while True:
+        time.sleep(interval_s)
+        try:
+            _prepare(url)
+        except (OperationalError, *DATABASE_ERRORS):
+            continue
+        log.warning("database reachable again: migrations and seed applied")
+        return
+
+
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -74,7 +91,15 @@ def serve(
     # handler an orderly exit, so the embedded PostgreSQL is stopped on the way out.
     signal.signal(signal.SIGTERM, _exit_quietly)
     with database_url(settings) as url:
-        _prepare(url)
+        try:
+            _prepare(url)
+        except (OperationalError, *DATABASE_ERRORS) as exc:
+            # Serve anyway: requests answer 503 until the database is back, then migrations and seed run.
+            log.warning(
+                "database unreachable at start; preparing it in the background",
+                extra={"fields": {"error": type(exc).__name__}},
+            )
+            threading.Thread(target=_prepare_when_reachable, args=(url,), daemon=True).start()
         set_database_url_for_children(url)
         typer.echo(
             f"wallet: serving on http://{host}:{port} with {workers} worker(s), database {describe(url)}", err=True

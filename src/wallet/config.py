@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     batch_body_size_max_bytes: int = Field(default=2_097_152, ge=1_024, le=67_108_864)
     rollup_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000)
     retry_attempts_max: int = Field(default=5, ge=1, le=20)
+    reconnect_window_ms: int = Field(
+        default=5_000, ge=0, le=60_000, description="How long a request keeps trying after its connection broke."
+    )
     rate_limit_per_s: int = Field(
         default=5_000,
         ge=0,

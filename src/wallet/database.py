@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from wallet.config import Settings
-from wallet.errors import RETRYABLE_SQLSTATES
+from wallet.errors import DATABASE_ERRORS, NotSent, OutcomeUnknown, is_conflict, is_outcome_unknown
 
 log = logging.getLogger("wallet.database")
 
@@ -122,18 +123,34 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     return pool
 
 
-async def with_retries(attempts_max: int, operation: Callable[[], Awaitable[T]]) -> T:
-    """Runs `operation`, retrying serialization failures and deadlocks a bounded number of times with jitter."""
-    for attempt in range(1, attempts_max + 1):
+async def with_retries(attempts_max: int, reconnect_window_s: float, operation: Callable[[], Awaitable[T]]) -> T:
+    """Runs `operation` again after a conflict (at most `attempts_max` runs, with jitter). After a connection
+    broke with the work sent, its outcome is unknown: it is run again for up to `reconnect_window_s`, which
+    resolves it (the idempotency key replays what committed), so a database restart costs the caller a delay,
+    not an unknown outcome. When the database cannot be reached at all, fails at once: nothing was sent."""
+    unknown_since: float | None = None
+    conflicts = 0
+    while True:
         try:
             return await operation()
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate not in RETRYABLE_SQLSTATES or attempt == attempts_max:
+        except NotSent:
+            if unknown_since is None:
                 raise
-            delay_s = random.uniform(0, 0.005 * 2**attempt)
-            log.info("retrying after SQLSTATE %s (attempt %d, %.1f ms)", exc.sqlstate, attempt, delay_s * 1000)
-            await asyncio.sleep(delay_s)
-    raise AssertionError("unreachable: the loop returns or raises")
+            if time.monotonic() - unknown_since >= reconnect_window_s:
+                raise OutcomeUnknown() from None
+        except DATABASE_ERRORS as exc:
+            if is_conflict(exc):
+                conflicts += 1
+                if conflicts >= attempts_max:
+                    raise
+            elif is_outcome_unknown(exc):
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since >= reconnect_window_s:
+                    raise OutcomeUnknown() from None
+            else:
+                raise
+        delay_s = random.uniform(0, 0.005 * 2**conflicts) if unknown_since is None else random.uniform(0.05, 0.25)
+        await asyncio.sleep(delay_s)
 
 
 def set_database_url_for_children(url: str) -> None:

@@ -7,6 +7,7 @@ import asyncpg
 
 PROBLEM_TYPE_BASE = "https://wallet.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+_RETRY = "Retry with the same Idempotency-Key: it never applies twice."
 
 # code -> (status, title). Every user-facing title lives here.
 CODES: dict[str, tuple[int, str]] = {
@@ -132,38 +133,72 @@ class Unavailable(WalletError):
     code = "unavailable"
 
 
+class OutcomeUnknown(Unavailable):
+    """The connection broke after the request was sent and did not come back in time: it may have committed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database connection broke and did not come back in time; the request may have been written. " + _RETRY,
+            headers={"Retry-After": "1"},
+        )
+
+
 class InternalError(WalletError):
     """A bug: an invariant of the ledger was about to break, and the write was refused."""
 
     code = "internal_error"
 
 
-# SQLSTATE classes and codes that mean "the database is not there or not answering in time".
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P")  # connection, resources, shutdown/cannot connect
-_UNAVAILABLE_SQLSTATES = {"55P03", "57014"}  # lock_not_available (lock_timeout), query_canceled (timeout)
-RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+# SQLSTATEs by what they mean for the caller (TimeoutError is an OSError, so DATABASE_ERRORS covers it).
+_CONNECTION_LOST_SQLSTATE_PREFIXES = ("08", "57P")  # connection exception; admin/crash shutdown, cannot connect now
+_TIMEOUT_SQLSTATES = {"55P03", "57014"}  # lock_not_available (lock_timeout), query_canceled (statement_timeout)
+_NOT_READY_SQLSTATES = {"42P01", "42883", "53300"}  # schema not migrated yet; too many connections
+_CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
 
 # What the driver raises when the database fails, is unreachable, or the connection breaks.
-DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
+class NotSent(Exception):
+    """The work never reached the database: no connection could be had. Nothing was written."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+def is_outcome_unknown(exc: BaseException) -> bool:
+    """Sent, then no answer: the connection broke, the server went down, or the answer did not come in time.
+    The work may have committed."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_CONNECTION_LOST_SQLSTATE_PREFIXES)
+    return isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError)  # TimeoutError included
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A serialization failure or deadlock: the transaction was rolled back and may simply run again."""
+    return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
 
 
 def from_database(exc: BaseException) -> WalletError:
     """Maps a driver or server error to the public error it stands for. The SQL text never leaves here."""
     if isinstance(exc, WalletError):
         return exc
+    retry_later = {"Retry-After": "1"}
     sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
-            return Unavailable(
-                "The database did not answer in time; nothing was written. Retry later.", headers={"Retry-After": "1"}
-            )
-        if sqlstate in RETRYABLE_SQLSTATES:
-            return Unavailable(
-                "The write kept conflicting with others; nothing was written. Retry.", headers={"Retry-After": "1"}
-            )
-        return InternalError(f"Unexpected database error (SQLSTATE {sqlstate}); nothing was written.")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+    if isinstance(exc, NotSent):
+        return Unavailable(f"The database cannot be reached; nothing was written. {_RETRY}", headers=retry_later)
+    if is_outcome_unknown(exc):
+        return OutcomeUnknown()
+    if sqlstate in _TIMEOUT_SQLSTATES:
+        return Unavailable(f"The database did not answer in time; nothing was written. {_RETRY}", headers=retry_later)
+    if sqlstate in _NOT_READY_SQLSTATES or (isinstance(sqlstate, str) and sqlstate.startswith("53")):
+        return Unavailable(f"The database is not ready; nothing was written. {_RETRY}", headers=retry_later)
+    if sqlstate in _CONFLICT_SQLSTATES:
         return Unavailable(
-            "The database cannot be reached; nothing was written. Retry later.", headers={"Retry-After": "1"}
+            f"The write kept conflicting with others; nothing was written. {_RETRY}", headers=retry_later
         )
+    if isinstance(sqlstate, str):
+        return InternalError(f"Unexpected database error (SQLSTATE {sqlstate}); nothing was written.")
     return InternalError("Unexpected error; nothing was written.")

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -85,6 +86,18 @@ async def ensure_bootstrap(conn: asyncpg.Connection, bootstrap_secret: str | Non
         return await create(conn, FIRST_ADMIN_KEY_NAME, ["admin"])
 
 
+async def find(conn: asyncpg.Connection, digest: bytes) -> ApiKey | None:
+    """The active key with this secret hash."""
+    row = await conn.fetchrow(
+        "SELECT id, name, scopes, rate_limit_per_s, secret_hash FROM api_keys"
+        " WHERE secret_hash = $1 AND revoked_at IS NULL",
+        digest,
+    )
+    if row is None or not hmac.compare_digest(bytes(row["secret_hash"]), digest):
+        return None
+    return ApiKey(row["id"], row["name"], frozenset(row["scopes"]), row["rate_limit_per_s"])
+
+
 class KeyCache:
     """Resolves secrets to keys, remembering answers for `ttl_ms` so most requests skip the lookup.
     A revoked key stops working within `ttl_ms`."""
@@ -93,7 +106,8 @@ class KeyCache:
         self._ttl_s = ttl_ms / 1000
         self._entries: dict[bytes, tuple[float, ApiKey | None]] = {}
 
-    async def resolve(self, conn_source: "asyncpg.Pool", secret: str) -> ApiKey | None:
+    async def resolve(self, secret: str, lookup: Callable[[bytes], Awaitable[ApiKey | None]]) -> ApiKey | None:
+        """The key whose secret this is, from the cache or from `lookup` (given the secret's hash)."""
         if len(secret) > SECRET_LENGTH_MAX:
             return None
         digest = hash_secret(secret)
@@ -101,14 +115,7 @@ class KeyCache:
         cached = self._entries.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await conn_source.fetchrow(
-            "SELECT id, name, scopes, rate_limit_per_s, secret_hash FROM api_keys"
-            " WHERE secret_hash = $1 AND revoked_at IS NULL",
-            digest,
-        )
-        key = None
-        if row is not None and hmac.compare_digest(bytes(row["secret_hash"]), digest):
-            key = ApiKey(row["id"], row["name"], frozenset(row["scopes"]), row["rate_limit_per_s"])
+        key = await lookup(digest)
         if len(self._entries) > 10_000:  # bounded: unknown secrets must not grow it without end
             self._entries.clear()
         self._entries[digest] = (now + self._ttl_s, key)

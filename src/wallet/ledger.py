@@ -6,6 +6,7 @@ transaction reads the same from the POST that created it, from a replay, and fro
 """
 
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,12 +66,14 @@ class Outcome:
 
 
 _REQUEST_SQL = """
-SELECT outcome, status, body, transaction_id FROM wallet_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+SELECT outcome, status, body, transaction_id
+  FROM wallet_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 
 
 async def execute(
     conn: asyncpg.Connection,
+    attempt_id: uuid.UUID,
     api_key_id: int,
     api_key_name: str,
     idempotency_key: str,
@@ -80,6 +83,7 @@ async def execute(
     accounts, amounts = movement.legs()
     row = await conn.fetchrow(
         _REQUEST_SQL,
+        attempt_id,
         api_key_id,
         api_key_name,
         idempotency_key,
@@ -124,13 +128,19 @@ class BatchItem:
 
 
 async def execute_batch(
-    conn: asyncpg.Connection, api_key_id: int, api_key_name: str, atomic: bool, items: list[BatchItem]
+    conn: asyncpg.Connection,
+    attempt_id: uuid.UUID,
+    api_key_id: int,
+    api_key_name: str,
+    atomic: bool,
+    items: list[BatchItem],
 ) -> list[Outcome]:
     """Runs every item in one statement (one transaction); outcomes in request order. Outcome kinds add
     `aborted` (atomic batch, not written because another item failed) and `rejected` (atomic batch, failed and
     not recorded)."""
     rows = await conn.fetch(
-        "SELECT outcome, status, body, transaction_id FROM wallet_batch($1, $2, $3, $4) ORDER BY ord",
+        "SELECT outcome, status, body, transaction_id FROM wallet_batch($1, $2, $3, $4, $5) ORDER BY ord",
+        attempt_id,
         api_key_id,
         api_key_name,
         atomic,
@@ -401,4 +411,5 @@ async def seed(conn: asyncpg.Connection) -> None:
         await ensure_user(conn, user_id, user_id.capitalize())
         for asset, amount in funding.items():
             movement = Movement("topup", user_id, asset, amount, "Welcome credits", {"source": "seed"})
-            await execute(conn, seed_key_id, SEED_KEY_NAME, f"seed:{user_id}:{asset}", ENDPOINTS["topup"], movement)
+            key = f"seed:{user_id}:{asset}"
+            await execute(conn, uuid.uuid4(), seed_key_id, SEED_KEY_NAME, key, ENDPOINTS["topup"], movement)

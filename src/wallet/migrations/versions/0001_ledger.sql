@@ -87,6 +87,9 @@ CREATE TABLE idempotency_keys (
     status         smallint CHECK (status BETWEEN 100 AND 599),
     transaction_id bigint REFERENCES transactions (id),
     problem        jsonb,
+    -- Which HTTP request claimed the key: when the service runs a request again after losing its connection,
+    -- finding its own claim means the first run committed, and the outcome is its own, not a replay.
+    attempt_id     uuid,
     created_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (api_key_id, key)
 );
@@ -258,7 +261,7 @@ $$;
 -- single transaction. A concurrent request with the same key waits on the key's index entry, then replays.
 -- outcome: 'created' | 'failed' (business error, recorded) | 'replayed' | 'reused' (body: what was stored).
 CREATE FUNCTION wallet_request(
-    p_api_key_id bigint, p_api_key_name text, p_key text, p_endpoint text, p_request jsonb,
+    p_attempt_id uuid, p_api_key_id bigint, p_api_key_name text, p_key text, p_endpoint text, p_request jsonb,
     p_type text, p_asset text, p_user_id text, p_amount bigint,
     p_accounts text[], p_amounts bigint[], p_description text, p_metadata jsonb,
     OUT outcome text, OUT status int, OUT body json, OUT transaction_id text
@@ -270,15 +273,20 @@ DECLARE
     v_post record;
 BEGIN
     FOR attempt IN 1..3 LOOP
-        INSERT INTO idempotency_keys (api_key_id, key, endpoint, request)
-        VALUES (p_api_key_id, p_key, p_endpoint, p_request)
+        INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, attempt_id)
+        VALUES (p_api_key_id, p_key, p_endpoint, p_request, p_attempt_id)
         ON CONFLICT DO NOTHING;
         v_claimed := FOUND;
         EXIT WHEN v_claimed;
 
         SELECT * INTO v_stored FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_key;
         CONTINUE WHEN NOT FOUND;  -- purged between the two statements: claim it again
-        IF v_stored.endpoint = p_endpoint AND v_stored.request = p_request THEN
+        IF v_stored.attempt_id = p_attempt_id THEN  -- our own earlier run committed: its outcome is ours
+            outcome := CASE WHEN v_stored.status = 201 THEN 'created' ELSE 'failed' END;
+            status := v_stored.status;
+            transaction_id := wallet_public_id(v_stored.transaction_id);
+            body := coalesce(wallet_transaction_json(v_stored.transaction_id), v_stored.problem::json);
+        ELSIF v_stored.endpoint = p_endpoint AND v_stored.request = p_request THEN
             outcome := 'replayed';
             status := v_stored.status;
             transaction_id := wallet_public_id(v_stored.transaction_id);

@@ -8,7 +8,9 @@
 -- Returns one row per item, in request order. With p_atomic, any item that does not end in 201 undoes the
 -- whole batch (claims and recorded failures included): the items it would have created report 'aborted'
 -- (424), the failing ones their problem ('rejected': not recorded, so a corrected batch can reuse the keys).
-CREATE FUNCTION wallet_batch(p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb)
+CREATE FUNCTION wallet_batch(
+    p_attempt_id uuid, p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb
+)
 RETURNS TABLE (ord int, outcome text, status int, body json, transaction_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -30,8 +32,8 @@ BEGIN
             SELECT i->>'key' AS key, i->>'endpoint' AS endpoint, i->'request' AS request
               FROM jsonb_array_elements(p_items) i ORDER BY i->>'key'
         ), claimed AS (
-            INSERT INTO idempotency_keys (api_key_id, key, endpoint, request)
-            SELECT p_api_key_id, key, endpoint, request FROM wanted
+            INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, attempt_id)
+            SELECT p_api_key_id, key, endpoint, request, p_attempt_id FROM wanted
             ON CONFLICT DO NOTHING RETURNING key
         )
         SELECT coalesce(jsonb_object_agg(key, true), '{}') INTO v_claimed FROM claimed;
@@ -46,8 +48,12 @@ BEGIN
             IF NOT v_claimed ? (v_item->>'key') THEN
                 SELECT * INTO v_stored FROM idempotency_keys k
                  WHERE k.api_key_id = p_api_key_id AND k.key = v_item->>'key';
-                IF v_stored.endpoint = v_item->>'endpoint' AND v_stored.request = v_item->'request' THEN
-                    v_outcomes := v_outcomes || 'replayed'::text;
+                IF v_stored.attempt_id = p_attempt_id OR (v_stored.endpoint = v_item->>'endpoint'
+                                                         AND v_stored.request = v_item->'request') THEN
+                    -- Our own earlier run (the connection broke after it committed) is not a replay.
+                    v_outcomes := v_outcomes || CASE WHEN v_stored.attempt_id = p_attempt_id
+                                                     THEN CASE WHEN v_stored.status = 201 THEN 'created' ELSE 'failed' END
+                                                     ELSE 'replayed' END;
                     v_statuses := v_statuses || v_stored.status::int;
                     v_bodies := v_bodies || coalesce(wallet_transaction_json(v_stored.transaction_id),
                                                      v_stored.problem::json);
