@@ -1,5 +1,6 @@
 """The command line on the embedded PostgreSQL: serve, and every other command beside a running server."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -96,3 +97,62 @@ def test_serve_prints_a_first_key_and_the_other_commands_share_its_database(embe
 def test_keys_create_refuses_unknown_scopes_and_names(embedded_env: dict[str, str]) -> None:
     assert run(embedded_env, "keys", "create", "--name", "x", "--scopes", "read,steal").returncode == 2
     assert run(embedded_env, "keys", "create", "--name", "bad name", "--scopes", "read").returncode == 2
+
+
+async def test_sigterm_drains_requests_in_flight(database_url: str, db: object) -> None:
+    """SIGTERM while batches are being written: each one still gets its answer, then the server exits 0."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "WALLET_DATABASE_URL": database_url,
+        "WALLET_BOOTSTRAP_KEY": "drain-secret",
+        "WALLET_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
+        [WALLET, "serve", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": "Bearer drain-secret"}
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline and server.poll() is None
+                await asyncio.sleep(0.2)
+            run = os.urandom(4).hex()
+            batches = [
+                {
+                    "operations": [
+                        {
+                            "type": "topup",
+                            "user_id": "alice",
+                            "asset": "LOYALTY",
+                            "amount": 1,
+                            "idempotency_key": f"drain-{run}-{b}-{i}",
+                        }
+                        for i in range(400)
+                    ]
+                }
+                for b in range(3)
+            ]
+            in_flight = [asyncio.create_task(http.post("/v1/batch", json=batch, headers=headers)) for batch in batches]
+            await asyncio.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            responses = await asyncio.gather(*in_flight)
+        assert [response.status_code for response in responses] == [200, 200, 200]
+        # At least one was still being written when the signal came.
+        assert max(response.elapsed.total_seconds() for response in responses) > 0.4
+        for response in responses:
+            assert {result["status"] for result in response.json()["results"]} == {201}
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
