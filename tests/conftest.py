@@ -6,6 +6,7 @@ session, `wallet verify` must report a clean ledger.
 """
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -91,8 +92,8 @@ async def db(database_url: str, settings: Settings) -> AsyncIterator[asyncpg.Con
 
 
 @pytest.fixture(scope="session", autouse=True)
-def ledger_verified_at_end(database_url: str) -> Iterator[None]:
-    """After every test has run, `wallet verify` must find a clean ledger."""
+def ledger_verified_at_end(database_url: str, request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test has run, `wallet verify` must find a clean ledger; its report is printed."""
     yield
     result = subprocess.run(
         [WALLET, "verify"],
@@ -102,7 +103,9 @@ def ledger_verified_at_end(database_url: str) -> Iterator[None]:
         timeout=120,
         check=False,
     )
-    print("\n" + result.stdout)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\nwallet verify on the test database:\n" + result.stdout.rstrip())
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -723,7 +723,7 @@ def server_errors(log_path: Path) -> list[str]:
 # --- the test ---------------------------------------------------------------------------------------------------
 
 
-async def test_bank_under_faults(bank: Bank) -> None:
+async def test_bank_under_faults(bank: Bank, capsys: pytest.CaptureFixture[str]) -> None:
     stats = Stats()
     started = time.monotonic()
     bank.api.start()
@@ -755,25 +755,26 @@ async def test_bank_under_faults(bank: Bank) -> None:
     figures = await check_ledger(bank, workload, users, stats)
 
     attempted = sum(stats.writes_attempted.values())
-    print(
-        f"\nbank test (WALLET_BANK_SEED={seed}): {CLIENTS} clients, {USERS} users, {run_s:.1f} s of traffic, "
-        f"{time.monotonic() - started:.1f} s in all\n"
-        f"  writes attempted {attempted} {dict(stats.writes_attempted)}\n"
-        f"  acknowledged {figures['acknowledged']} {dict(stats.acknowledged)}\n"
-        f"  refused {figures['refused']} {dict(stats.refused)}\n"
-        f"  reads {sum(stats.reads.values())} {dict(stats.reads)}\n"
-        f"  retries {stats.retries}; unknown after the run {stats.unknown_after_run}, resolved {stats.resolved}\n"
-        f"  errors seen by clients {dict(stats.errors)}\n"
-        f"  faults {sum(stats.faults.values())} {dict(stats.faults)}\n"
-        f"  recovery s (max) { {k: round(max(v), 2) for k, v in stats.recovery_s.items()} }\n"
-        f"  verify: {figures['verify'].splitlines()[-1] if figures['verify'] else '?'}\n"
-        f"  anomalies {len(stats.anomalies)}"
-    )
-    for anomaly in stats.anomalies[:30]:
-        print("   ", anomaly)
-    if stats.anomalies:
-        print("  faults (UTC):", *stats.timeline, sep="\n    ")
-        print("  server log errors:", *server_errors(bank.api.log_path), sep="\n    ")
+    with capsys.disabled():  # the figures belong in every run's output, CI's included
+        print(
+            f"\nbank test (WALLET_BANK_SEED={seed}): {CLIENTS} clients, {USERS} users, {run_s:.1f} s of traffic, "
+            f"{time.monotonic() - started:.1f} s in all\n"
+            f"  writes attempted {attempted} {dict(stats.writes_attempted)}\n"
+            f"  acknowledged {figures['acknowledged']} {dict(stats.acknowledged)}\n"
+            f"  refused {figures['refused']} {dict(stats.refused)}\n"
+            f"  reads {sum(stats.reads.values())} {dict(stats.reads)}\n"
+            f"  retries {stats.retries}; unknown after the run {stats.unknown_after_run}, resolved {stats.resolved}\n"
+            f"  errors seen by clients {dict(stats.errors)}\n"
+            f"  faults {sum(stats.faults.values())} {dict(stats.faults)}\n"
+            f"  recovery s (max) { {k: round(max(v), 2) for k, v in stats.recovery_s.items()} }\n"
+            f"  verify: {figures['verify'].splitlines()[-1] if figures['verify'] else '?'}\n"
+            f"  anomalies {len(stats.anomalies)}"
+        )
+        for anomaly in stats.anomalies[:30]:
+            print("   ", anomaly)
+        if stats.anomalies:
+            print("  faults (UTC):", *stats.timeline, sep="\n    ")
+            print("  server log errors:", *server_errors(bank.api.log_path), sep="\n    ")
 
     assert stats.anomalies == [], f"{len(stats.anomalies)} anomalies, first: {stats.anomalies[:10]}"
     assert all(stats.faults[name] >= 1 for name in faults(bank)), stats.faults
