@@ -6,7 +6,6 @@ Every test uses its own users and idempotency keys. "Nothing was written" is che
 """
 
 import asyncio
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,26 +16,11 @@ import orjson
 import pytest
 
 from tests.conftest import Keys
+from tests.test_contract import MOVEMENT_PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
 from wallet.config import Settings
 
-PROBLEM = "application/problem+json"
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-TRANSACTION_FIELDS = {
-    "id",
-    "type",
-    "status",
-    "user_id",
-    "asset",
-    "amount",
-    "balance_after",
-    "description",
-    "metadata",
-    "entries",
-    "created_at",
-}
 SYSTEM_SIDE = {"topup": "system:treasury", "bonus": "system:bonus_pool", "purchase": "system:revenue"}
 USER_SIGN = {"topup": 1, "bonus": 1, "purchase": -1}
-MOVEMENT_PATHS = {"topup": "/v1/topups", "bonus": "/v1/bonuses", "purchase": "/v1/purchases"}
 
 
 # Helpers ---------------------------------------------------------------------------------------------------------
