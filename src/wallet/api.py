@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet import __version__, keys, ledger
@@ -127,6 +128,8 @@ class Envelope:
             await self.app(scope, self._limited(receive, body_max), send_wrapper)
         except PayloadTooLarge:
             await self._reject_too_large(send_wrapper, body_max)
+        except ClientDisconnect:
+            status_holder[0] = 499  # the client went away before sending its whole body; nothing to answer
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": context.request_id}})
             if not response_started[0]:

@@ -99,6 +99,14 @@ def _server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Between requests: the service keeps no session state (no SET, LISTEN, cursors or session-level advisory
+    locks), so asyncpg's default reset (four statements, one more round trip per request) buys nothing. Only a
+    transaction left open by a cancelled request needs closing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def connect(url: str, settings: Settings) -> asyncpg.Connection:
     conn = await asyncpg.connect(
         url, timeout=settings.connect_timeout_ms / 1000, server_settings=_server_settings(settings)
@@ -117,6 +125,7 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
         command_timeout=settings.statement_timeout_ms / 1000 + 1,
         server_settings=_server_settings(settings),
         init=_init_connection,
+        reset=_reset_connection,
         max_inactive_connection_lifetime=300,
     )
     await pool

@@ -188,6 +188,12 @@ def from_database(exc: BaseException) -> WalletError:
     retry_later = {"Retry-After": "1"}
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(exc, NotSent):
+        if isinstance(exc.cause, TimeoutError):
+            return Unavailable(
+                f"No database connection could be had in time (the database is slow, unreachable, or every"
+                f" connection is busy); nothing was written. {_RETRY}",
+                headers=retry_later,
+            )
         return Unavailable(f"The database cannot be reached; nothing was written. {_RETRY}", headers=retry_later)
     if is_outcome_unknown(exc):
         return OutcomeUnknown()

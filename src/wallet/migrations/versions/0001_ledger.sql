@@ -127,18 +127,23 @@ LANGUAGE sql STABLE AS $$
     )
 $$;
 
-CREATE FUNCTION wallet_transaction_json(p_id bigint) RETURNS json
+-- Stored transactions, rendered in one set-based pass (a history page is one call, not one per item).
+CREATE FUNCTION wallet_transactions_json(p_ids bigint[]) RETURNS TABLE (id bigint, body json)
 LANGUAGE sql STABLE AS $$
-    SELECT wallet_render(t.id, t.type, t.user_id, t.asset, t.amount,
+    SELECT t.id,
+           wallet_render(t.id, t.type, t.user_id, t.asset, t.amount,
                          (array_agg(e.balance_after ORDER BY e.leg) FILTER (WHERE a.name = 'user:' || t.user_id))[1],
                          t.description, t.metadata,
                          array_agg(a.name ORDER BY e.leg), array_agg(e.amount ORDER BY e.leg), t.created_at)
       FROM transactions t
       JOIN entries e ON e.transaction_id = t.id
       JOIN accounts a ON a.id = e.account_id
-     WHERE t.id = p_id
+     WHERE t.id = ANY (p_ids)
      GROUP BY t.id
 $$;
+
+CREATE FUNCTION wallet_transaction_json(p_id bigint) RETURNS json
+LANGUAGE sql STABLE AS $$ SELECT body FROM wallet_transactions_json(ARRAY[p_id]) $$;
 
 -- The posting engine: writes any balanced set of legs on one asset, atomically, or writes nothing and
 -- returns the business error. Legs name accounts ('user:alice', 'system:treasury'), each at most once.
@@ -347,9 +352,9 @@ BEGIN
 END
 $$;
 
--- Balance of every account, exact at any moment: stored balance plus pending deltas.
+-- Balance of every account, exact at any moment: stored balance plus pending deltas (one pass over the deltas).
 CREATE VIEW account_balances AS
-SELECT a.id, a.kind, a.name, a.asset, a.user_id,
-       a.balance + coalesce((SELECT sum(d.amount) FROM account_deltas d WHERE d.account_id = a.id), 0)::bigint
-           AS balance
-  FROM accounts a;
+SELECT a.id, a.kind, a.name, a.asset, a.user_id, a.balance + coalesce(d.pending, 0)::bigint AS balance
+  FROM accounts a
+  LEFT JOIN (SELECT account_id, sum(amount) AS pending FROM account_deltas GROUP BY account_id) d
+         ON d.account_id = a.id;

@@ -1,0 +1,1 @@
+"""Benchmarks of the wallet service: `python -m bench` (load scenarios) and `python -m bench.generate`."""

@@ -1,0 +1,285 @@
+"""python -m bench: the wallet service under load, on a database of its own.
+
+Creates a bench database, starts `wallet serve`, makes 100,000 users in SQL, funds some through the posting
+engine, then measures: the database-only limit (pgbench running the service's exact statement), top-ups,
+purchases, a read/write mix, one hot user, and batches when the service has them. Ends with `wallet verify`.
+See docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench import data
+from bench.load import LoadResult, Monitor, py_spy, run_pgbench, run_wrk, start_profile, summarise_profile
+from bench.report import machine, save, table
+from bench.target import Target, WalletServer, bench_database, running_server
+
+SCENARIOS = ("pgbench", "topup", "purchase", "mix", "hot", "batch")
+
+
+def pgbench_script(conn: psycopg.Connection, key_id: int, prefix: str) -> str:
+    """One top-up as the service runs it: SELECT ... FROM wallet_request(...), random user, unique key."""
+    call = data.wallet_request_sql(
+        conn,
+        "topup",
+        key_id=str(key_id),
+        key_name=f"'{data.BENCH_KEY_NAME}'",
+        key=f"'pg-{prefix}-' || :client_id::text || '-' || :k::text",
+        user=f"'{data.USER_PREFIX}' || :uid::text",
+        asset="'GOLD'",
+        amount=":amount",
+        description="NULL",
+    )
+    # pgbench reads ":treasury" inside a string literal as a variable: spell the colon another way.
+    call = call.replace("'system:treasury'", "('system' || chr(58) || 'treasury')")
+    return (
+        "\\set uid random(1, :users)\n\\set amount random(1, 1000)\n\\set k random(1, 1000000000000000)\n"
+        f"SELECT outcome, status, body, transaction_id FROM {' '.join(call.split())};\n"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=15, help="seconds per scenario (default 15)")
+    parser.add_argument("--connections", type=int, default=64, help="HTTP connections (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="wallet serve --workers (default 2)")
+    parser.add_argument("--users", type=int, default=100_000, help="bench users (default 100,000)")
+    parser.add_argument("--funded", type=int, default=10_000, help="users funded for purchases (default 10,000)")
+    parser.add_argument(
+        "--hot-funds",
+        type=int,
+        default=0,
+        help="the hot user's funds (default: a quarter of the purchases scenario (b)'s rate makes in --duration)",
+    )
+    parser.add_argument(
+        "--batch-connections", type=int, default=16, help="connections of the batch scenario (default 16)"
+    )
+    parser.add_argument("--batch-size", type=int, default=100, help="operations per batch request (default 100)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the scenarios, profile the workers with "
+        "py-spy during an extra top-up run (flame graph and collapsed stacks in /tmp)",
+    )
+    parser.add_argument("--embedded", action="store_true", help="a fresh embedded PostgreSQL in a temp dir")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database at the end")
+    args = parser.parse_args(argv)
+    args.only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = args.only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def step(message: str) -> float:
+    print(f"-- {message}", flush=True)
+    return time.monotonic()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, target: Target, server: WalletServer) -> None:
+        self.args = args
+        self.target = target
+        self.server = server
+        self.prefix = secrets.token_hex(4)
+        self.results: list[LoadResult] = []
+        self.problems: list[str] = []
+        self.profile_summary: list[str] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "BENCH_API_KEY": self.server.api_key,
+            "BENCH_USERS": str(self.args.users),
+            "BENCH_FUNDED": str(self.args.funded),
+            "BENCH_PREFIX": f"{self.prefix}-{len(self.results)}",
+            **extra,
+        }
+
+    def wrk(
+        self, scenario: str, script: str, expected: tuple[str, ...] = (), connections: int = 0, **env: str
+    ) -> LoadResult:
+        connections = connections or self.args.connections
+        step(f"{scenario}: {connections} connections, {self.args.duration} s")
+        with Monitor(self.server.worker_processes(), self.target.database) as monitor:
+            result = run_wrk(
+                scenario,
+                script,
+                self.server.base_url,
+                connections,
+                self.args.duration,
+                self.args.threads,
+                self.env(**env),
+            )
+        result.rss_mb, result.cpu, result.expected = monitor.rss_mb, monitor.cpu_cores(), expected
+        if result.unexpected() or result.socket_errors:
+            self.problems.append(f"{scenario}: unexpected responses {result.unexpected()} {result.socket_errors}")
+        self.results.append(result)
+        return result
+
+    def setup(self) -> int:
+        started = step(f"creating {self.args.users:,} users and funding {self.args.funded:,} of them in SQL")
+        with self.target.connect() as conn:
+            data.create_users(conn, self.args.users)
+            key_id = data.bench_key(conn)
+            funded = data.fund_users(conn, key_id, self.args.funded, 1_000_000, f"fund-{self.prefix}-")
+        assert funded == self.args.funded, f"funded {funded} of {self.args.funded}"
+        print(f"   done in {time.monotonic() - started:.1f} s")
+        return key_id
+
+    def pgbench(self, key_id: int) -> None:
+        with self.target.connect() as conn:
+            script = pgbench_script(conn, key_id, self.prefix).replace(":users", str(self.args.users))
+        for clients in (16, 64):
+            step(f"pgbench -c {clients} -j 2 -T {self.args.duration} -M prepared (the service's top-up statement)")
+            for attempt in range(3):  # a shared server may be short of connections for a moment
+                try:
+                    with Monitor([], self.target.database) as monitor:
+                        result = run_pgbench(self.target.url, script, clients, self.args.duration)
+                except RuntimeError as exc:
+                    if "too many clients" not in str(exc) or attempt == 2:
+                        self.problems.append(f"pgbench -c {clients}: " + str(exc).splitlines()[-1])
+                        break
+                    print("   the server has too few free connections; again in 10 s")
+                    time.sleep(10)
+                    continue
+                result.cpu = monitor.cpu_cores()
+                self.results.append(result)
+                break
+        with self.target.connect() as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 201), count(*) FROM idempotency_keys WHERE key LIKE %s",
+                (f"pg-{self.prefix}-%",),
+            ).fetchone()
+        assert row is not None
+        if row[0] != row[1] or row[1] < sum(r.requests for r in self.results if r.scenario.startswith("pgbench")):
+            self.problems.append(f"pgbench: {row[0]} of {row[1]} top-ups posted")
+
+    def hot_user(self, key_id: int) -> None:
+        purchases = next((r for r in self.results if r.scenario == "purchase"), None)
+        # By default a quarter of what scenario (b)'s rate would buy in --duration: one row serializes the
+        # purchases, so the funds run out part-way and both outcomes are exercised.
+        funds = self.args.hot_funds or max(500, int((purchases.rps if purchases else 1_000) * self.args.duration / 4))
+        with self.target.connect() as conn:
+            data.create_hot_user(conn, key_id, funds, f"hot-{self.prefix}-")
+        result = self.wrk("hot user purchases", "hot", ("409",), BENCH_HOT_USER=data.HOT_USER)
+        # wrk stops with requests in flight, and the service finishes them: wait until the count settles.
+        with self.target.connect() as conn:
+            state, settled = data.hot_user_state(conn), None
+            while state != settled:
+                time.sleep(1)
+                settled, state = state, data.hot_user_state(conn)
+        committed, balance = state
+        created, refused = result.statuses.get("201", 0), result.statuses.get("409", 0)
+        # Requests in flight when wrk stopped may have committed without wrk seeing their 201.
+        checks = {
+            "committed <= funds": committed <= funds,
+            "balance = funds - committed": balance == funds - committed,
+            "every 201 committed": created <= committed <= created + self.args.connections,
+            "409 only once spent": refused == 0 or committed == funds,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        result.note = (
+            f"funded {funds}, 201: {created}, 409: {refused}, committed {committed} = min(funds, attempts): "
+            f"{'yes' if committed == min(funds, created + refused) or refused == 0 else 'NO'}, balance {balance}: "
+            + ("exact" if not failed else "FAILED " + ", ".join(failed))
+        )
+        if failed:
+            self.problems.append("hot user: " + result.note)
+
+    def batch(self) -> None:
+        paths = json.loads(self.server.get("/openapi.json"))["paths"]
+        if "/v1/batch" not in paths:
+            print("-- batch: skipped, the service has no POST /v1/batch yet")
+            return
+        result = self.wrk(
+            f"batch of {self.args.batch_size} top-ups, {self.args.batch_connections} conn",
+            "batch",
+            connections=self.args.batch_connections,
+            BENCH_BATCH_SIZE=str(self.args.batch_size),
+        )
+        result.note = f"{result.items / result.duration_s:,.0f} transfers/s ({result.items:,} operations answered 201)"
+
+    def profile(self) -> None:
+        if py_spy() is None:
+            self.problems.append("profile: py-spy not found (pip install py-spy)")
+            return
+        workers = self.server.worker_processes()
+        seconds = min(self.args.duration, 10)
+        collapsed, flamegraph = Path("/tmp/wallet-bench-profile.txt"), Path("/tmp/wallet-bench-profile.svg")
+        recorders = [start_profile(workers[0].pid, seconds, collapsed, raw=True)]
+        if len(workers) > 1:
+            recorders.append(start_profile(workers[1].pid, seconds, flamegraph, raw=False))
+        result = self.wrk("topup (profiled)", "topup")
+        for recorder in recorders:
+            recorder.wait(60)
+        result.note = f"py-spy at 200 Hz on each worker; flame graph {flamegraph}, stacks {collapsed}"
+        if collapsed.exists():
+            self.profile_summary = summarise_profile(collapsed)
+
+    def run(self) -> None:
+        key_id = self.setup()
+        only = self.args.only
+        if "pgbench" in only:
+            self.pgbench(key_id)
+        if "topup" in only:
+            self.wrk("topup", "topup")
+        if "purchase" in only:
+            self.wrk("purchase", "purchase", ("409",))
+        if "mix" in only:
+            self.wrk("mix 70% read / 30% write", "mix", ("409",))
+        if "hot" in only:
+            self.hot_user(key_id)
+        if "batch" in only:
+            self.batch()
+        if self.args.profile:
+            self.profile()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    with bench_database(args.embedded, args.keep) as target:
+        step(f"bench database: {target.description}")
+        with running_server(target, args.workers) as server:
+            print(f"   wallet serve on {server.base_url}, workers {[p.pid for p in server.worker_processes()]}")
+            bench = Bench(args, target, server)
+            try:
+                bench.run()
+            finally:
+                if bench.problems:
+                    print(f"   server log tail:\n{server.log_tail()}")
+        step("wallet verify")
+        started = time.monotonic()
+        verify = target.verify()
+        print(verify.stdout + verify.stderr + f"   (wallet verify took {time.monotonic() - started:.0f} s)")
+        if verify.returncode != 0:
+            bench.problems.append("wallet verify failed")
+    limits = [r for r in bench.results if r.scenario.startswith("pgbench")]
+    limit = max(limits, key=lambda r: r.rps) if limits else None
+    print(table(bench.results, limit))
+    if bench.profile_summary:
+        print("\nprofile of one worker during top-ups (py-spy):\n" + "\n".join(bench.profile_summary))
+    record = {
+        "machine": info,
+        "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},
+        "verify": verify.stdout,
+        "problems": bench.problems,
+        "profile": bench.profile_summary,
+    }
+    print(f"\nresults saved to {save('bench', record, bench.results)}")
+    for problem in bench.problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if bench.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

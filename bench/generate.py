@@ -1,0 +1,243 @@
+"""python -m bench.generate: a large, consistent ledger made in SQL, then reads measured on it.
+
+Set-based: each chunk is a few INSERT ... SELECT over generate_series. Users u1..uN take turns by chance (u1
+has 1% of all transactions, u2..u101 9% between them, the rest spread evenly), on GOLD, DIAMOND or LOYALTY.
+Each user account alternates top-up, purchase, top-up, ... with amounts fixed per account (top-up > purchase),
+so the balance after its k-th entry is a closed form of k: never negative, exact in order, no running sums.
+System accounts get the other legs; their balances are set at the end from the sums of their entries.
+Secondary indexes of transactions and entries are dropped during the load and rebuilt after it, and foreign
+key triggers are skipped (session_replication_role = replica): `wallet verify` checks the result.
+"""
+
+import argparse
+import sys
+import time
+
+import psycopg
+
+from bench import data
+from bench.load import LoadResult, Monitor, run_wrk
+from bench.report import machine, save, table
+from bench.target import Target, bench_database, running_server
+
+WHALE = "u1"
+
+CHUNK_SQL = """
+CREATE TEMP TABLE gen_chunk AS
+WITH picked AS (
+    SELECT t,
+           CASE WHEN r < 0.01 THEN 1
+                WHEN r < 0.10 THEN 2 + floor(random() * 100)::int
+                ELSE 1 + floor(random() * %(users)s)::int END AS uno,
+           CASE WHEN r2 < 0.6 THEN 'GOLD' WHEN r2 < 0.8 THEN 'DIAMOND' ELSE 'LOYALTY' END AS asset
+      FROM (SELECT t, random() AS r, random() AS r2 FROM generate_series(%(lo)s::bigint, %(hi)s) t) s
+), numbered AS (
+    SELECT p.t, g.account_id, g.user_id, p.asset, g.topup, g.purchase,
+           g.n + row_number() OVER (PARTITION BY g.account_id ORDER BY p.t) AS k
+      FROM picked p JOIN gen_accounts g USING (uno, asset)
+)
+SELECT t, account_id, user_id, asset, k,
+       CASE WHEN k %% 2 = 1 THEN 'topup' ELSE 'purchase' END AS type,
+       CASE WHEN k %% 2 = 1 THEN topup ELSE purchase END AS amount,
+       CASE WHEN k %% 2 = 1 THEN topup ELSE -purchase END AS user_leg,
+       ((k + 1) / 2) * topup - (k / 2) * purchase AS balance_after
+  FROM numbered;
+
+INSERT INTO transactions (id, type, asset, user_id, amount, metadata, api_key_name, created_at)
+OVERRIDING SYSTEM VALUE
+SELECT %(base)s + t, type, asset, user_id, amount, '{}', 'generator', %(start)s + t * interval '1 microsecond'
+  FROM gen_chunk ORDER BY t;
+
+INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
+SELECT %(base)s + c.t, leg.leg, leg.account_id, leg.amount, leg.balance_after
+  FROM gen_chunk c
+  JOIN gen_system s ON s.asset = c.asset AND s.type = c.type
+ CROSS JOIN LATERAL (VALUES (1, c.account_id, c.user_leg, c.balance_after),
+                            (2, s.account_id, -c.user_leg, NULL)) AS leg (leg, account_id, amount, balance_after)
+ ORDER BY c.t, leg.leg;
+
+UPDATE gen_accounts g SET n = g.n + d.n
+  FROM (SELECT account_id, count(*) AS n FROM gen_chunk GROUP BY account_id) d WHERE g.account_id = d.account_id;
+
+UPDATE gen_system s SET total = s.total + d.total
+  FROM (SELECT asset, type, -sum(user_leg) AS total FROM gen_chunk GROUP BY asset, type) d
+ WHERE s.asset = d.asset AND s.type = d.type;
+
+DROP TABLE gen_chunk
+"""
+CHUNK_STATEMENTS = CHUNK_SQL.split(";\n\n")  # run one by one: parameters go with single statements
+
+
+def progress(done: int, total: int, started: float) -> None:
+    elapsed = time.monotonic() - started
+    rate = done / elapsed if elapsed else 0.0
+    print(
+        f"\r   {done:>12,} / {total:,} entries  {100 * done / total:5.1f}%  {elapsed:6.1f} s  {rate:,.0f} entries/s",
+        end="" if sys.stdout.isatty() and done < total else "\n",
+        flush=True,
+    )
+
+
+def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: int) -> float:
+    """Adds `entries` entries (two per transaction) for users u1..u<users>; returns the seconds it took."""
+    started = time.monotonic()
+    transactions = entries // 2
+    conn.execute("SET session_replication_role = replica")  # no foreign key triggers: verify checks after
+    conn.execute("SET synchronous_commit = off")
+    conn.execute("SET work_mem = '256MB'")
+    indexes = conn.execute(
+        """SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index
+            WHERE indrelid IN ('transactions'::regclass, 'entries'::regclass)
+              AND NOT indisprimary AND NOT indisunique"""
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(f"DROP INDEX {name}")
+    conn.execute(
+        """CREATE TEMP TABLE gen_accounts AS
+           SELECT id AS account_id, asset, user_id, substr(user_id, 2)::int AS uno, 0::bigint AS n,
+                  1000 + (id % 7) * 100 AS topup, 300 + (id % 5) * 50 AS purchase
+             FROM accounts WHERE kind = 'user' AND user_id ~ '^u[0-9]+$'"""
+    )
+    conn.execute("ALTER TABLE gen_accounts ADD PRIMARY KEY (uno, asset)")
+    conn.execute(
+        """CREATE TEMP TABLE gen_system AS
+           SELECT a.id AS account_id, a.asset, s.type, 0::bigint AS total
+             FROM accounts a JOIN (VALUES ('topup', 'system:treasury'), ('purchase', 'system:revenue')) s (type, name)
+               ON a.name = s.name"""
+    )
+    conn.execute("ANALYZE gen_accounts, gen_system")
+    row = conn.execute("SELECT coalesce(max(id), 0), clock_timestamp() FROM transactions").fetchone()
+    assert row is not None
+    base, start = row
+    chunk = max(1, chunk_entries // 2)
+    for lo in range(1, transactions + 1, chunk):
+        hi = min(lo + chunk - 1, transactions)
+        with conn.transaction():
+            for statement in CHUNK_STATEMENTS:
+                conn.execute(statement, {"users": users, "lo": lo, "hi": hi, "base": base, "start": start})
+        progress(2 * hi, 2 * transactions, started)
+    print("   balances, sequence, indexes, vacuum ...", flush=True)
+    with conn.transaction():
+        conn.execute(
+            """UPDATE accounts a SET balance = ((g.n + 1) / 2) * g.topup - (g.n / 2) * g.purchase
+                 FROM gen_accounts g WHERE a.id = g.account_id AND g.n > 0"""
+        )
+        conn.execute("UPDATE accounts a SET balance = a.balance + s.total FROM gen_system s WHERE a.id = s.account_id")
+        conn.execute("SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))")
+    conn.execute("SET maintenance_work_mem = '1GB'")
+    for _, definition in indexes:
+        conn.execute(definition)
+    conn.execute("RESET session_replication_role")
+    conn.execute("VACUUM (ANALYZE) transactions, entries, accounts, users")
+    return time.monotonic() - started
+
+
+def deep_cursor(conn: psycopg.Connection) -> tuple[str, int]:
+    """A cursor half-way down the whale's GOLD history, and how many entries that history has."""
+    row = conn.execute(
+        """SELECT count(*) FROM entries e JOIN accounts a ON a.id = e.account_id
+            WHERE a.name = 'user:' || %(user)s AND a.asset = 'GOLD'""",
+        {"user": WHALE},
+    ).fetchone()
+    assert row is not None
+    count = int(row[0])
+    row = conn.execute(
+        """SELECT wallet_public_id(e.transaction_id) FROM entries e JOIN accounts a ON a.id = e.account_id
+            WHERE a.name = 'user:' || %(user)s AND a.asset = 'GOLD'
+            ORDER BY e.transaction_id DESC OFFSET %(offset)s LIMIT 1""",
+        {"user": WHALE, "offset": count // 2},
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), count
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=10_000_000, help="entries to generate (default 10M)")
+    parser.add_argument("--users", type=int, default=100_000, help="users (default 100,000)")
+    parser.add_argument("--chunk", type=int, default=1_000_000, help="entries per chunk (default 1M)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per read scenario (default 10)")
+    parser.add_argument(
+        "--connections", default="8,64", help="HTTP connections, a comma-separated list: each read runs at each"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="wallet serve --workers (default 2)")
+    parser.add_argument("--no-reads", action="store_true", help="generate and verify only")
+    parser.add_argument("--embedded", action="store_true", help="a fresh embedded PostgreSQL in a temp dir")
+    parser.add_argument("--keep", action="store_true", help="keep the database at the end")
+    return parser.parse_args(argv)
+
+
+def reads(args: argparse.Namespace, target: Target, cursor: str) -> list[LoadResult]:
+    paths = {
+        "balance (one asset)": "/v1/users/{user}/balances/GOLD",
+        "balances (all assets)": "/v1/users/{user}/balances",
+        "history, first page": "/v1/users/{user}/transactions",
+        f"history, deep page ({WHALE})": f"/v1/users/{WHALE}/transactions?asset=GOLD&cursor={cursor}",
+    }
+    results = []
+    with running_server(target, args.workers) as server:
+        for connections in [int(c) for c in args.connections.split(",")]:
+            for scenario, path in paths.items():
+                print(f"-- {scenario}: GET {path}, {connections} connections, {args.duration} s", flush=True)
+                env = {"BENCH_API_KEY": server.api_key, "BENCH_USERS": str(args.users), "BENCH_PATH": path}
+                with Monitor(server.worker_processes(), target.database) as monitor:
+                    result = run_wrk(
+                        f"{scenario}, {connections} conn",
+                        "read",
+                        server.base_url,
+                        connections,
+                        args.duration,
+                        args.threads,
+                        env,
+                    )
+                result.rss_mb, result.cpu = monitor.rss_mb, monitor.cpu_cores()
+                results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    results: list[LoadResult] = []
+    with bench_database(args.embedded, args.keep) as target:
+        print(f"-- database: {target.description}; wallet seed (migrations, assets, system accounts)", flush=True)
+        seeded = target.wallet("seed")
+        if seeded.returncode != 0:
+            raise RuntimeError(f"wallet seed failed:\n{seeded.stdout}{seeded.stderr}")
+        with target.connect() as conn:
+            started = time.monotonic()
+            data.create_users(conn, args.users)
+            print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
+            seconds = generate(conn, args.entries, args.users, args.chunk)
+            print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
+            cursor, whale_entries = deep_cursor(conn)
+        if not args.no_reads:
+            results = reads(args, target, cursor)
+        print("-- wallet verify", flush=True)
+        started = time.monotonic()
+        verify = target.verify()
+        print(verify.stdout + verify.stderr + f"   ({time.monotonic() - started:.0f} s)")
+    print(table(results))
+    problems = [
+        f"{r.scenario}: {r.unexpected()} {r.socket_errors}" for r in results if r.unexpected() or r.socket_errors
+    ]
+    if verify.returncode != 0:
+        problems.append("wallet verify failed")
+    record = {
+        "machine": info,
+        "args": vars(args),
+        "generate_seconds": round(seconds, 1),
+        "whale_gold_entries": whale_entries,
+        "verify": verify.stdout,
+        "problems": problems,
+    }
+    print(f"\nresults saved to {save('generate', record, results)}")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
