@@ -8,6 +8,136 @@
 -- Returns one row per item, in request order. With p_atomic, any item that does not end in 201 undoes the
 -- whole batch (claims and recorded failures included): the items it would have created report 'aborted'
 -- (424), the failing ones their problem ('rejected': not recorded, so a corrected batch can reuse the keys).
+-- The set-based path of a batch: every item newly claimed, two legs (its user's account, then a system
+-- account), and no user account twice, so no item's outcome depends on another's. The caller holds the locks
+-- on the user accounts. A handful of statements post all items at once; system legs are summed into one delta
+-- per system account. With p_atomic and any item failing, it writes nothing and returns the would-be
+-- successes as 'created' with no body (the caller rolls back and reports them as aborted).
+CREATE FUNCTION wallet_batch_distinct(p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb)
+RETURNS TABLE (ord int, outcome text, status int, body json, transaction_id text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_failures int;
+    v_ok int;
+    v_posted int;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS wallet_batch_plan (
+        ord int, key text, type text, asset text, user_id text, amount bigint, user_leg bigint,
+        accounts text[], amounts bigint[], description text, metadata jsonb,
+        user_account bigint, system_account bigint, error_code text, error_detail text, tx_id bigint
+    ) ON COMMIT DELETE ROWS;  -- one per session, emptied by every commit
+    TRUNCATE wallet_batch_plan;  -- and by a rolled-back atomic batch earlier in this transaction
+
+    WITH planned AS (
+        SELECT x.ord, x.i, (x.i->'amounts'->>0)::bigint AS user_leg, s.code AS asset_found, ua.id AS user_account,
+               ua.name AS user_account_name, ua.balance, sa.id AS system_account
+          FROM jsonb_array_elements(p_items) WITH ORDINALITY AS x (i, ord)
+          LEFT JOIN assets s ON s.code = x.i->>'asset'
+          LEFT JOIN accounts ua ON ua.name = x.i->'accounts'->>0 AND ua.asset = x.i->>'asset' AND ua.kind = 'user'
+          LEFT JOIN accounts sa ON sa.name = x.i->'accounts'->>1 AND sa.asset = x.i->>'asset' AND sa.kind = 'system'
+    ), judged AS (
+        SELECT p.*,
+               CASE WHEN p.asset_found IS NULL THEN 'asset_not_found'
+                    WHEN p.user_account IS NULL THEN 'user_not_found'
+                    WHEN p.balance + p.user_leg < 0 THEN 'insufficient_funds'
+                    WHEN p.balance::numeric + p.user_leg > 1000000000000000000 THEN 'balance_limit_exceeded'
+               END AS error_code
+          FROM planned p
+    )
+    INSERT INTO wallet_batch_plan
+    SELECT j.ord, j.i->>'key', j.i->>'type', j.i->>'asset', j.i->>'user_id', (j.i->>'amount')::bigint, j.user_leg,
+           ARRAY[j.i->'accounts'->>0, j.i->'accounts'->>1],
+           ARRAY[j.user_leg, (j.i->'amounts'->>1)::bigint],
+           j.i->>'description', coalesce(j.i->'metadata', '{}'), j.user_account, j.system_account, j.error_code,
+           CASE j.error_code
+                WHEN 'asset_not_found' THEN format('Asset %s does not exist.', j.i->>'asset')
+                WHEN 'user_not_found' THEN format('User %s does not exist.', j.i->>'user_id')
+                WHEN 'insufficient_funds' THEN format('Balance of %s in %s is %s, less than the %s requested.',
+                                                      j.user_account_name, j.i->>'asset', j.balance, -j.user_leg)
+                WHEN 'balance_limit_exceeded' THEN
+                    format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
+                           j.user_account_name, j.i->>'asset', j.balance, j.user_leg)
+           END,
+           -- Ids in item order, taken under the locks, as a single posting takes its own.
+           CASE WHEN j.error_code IS NULL AND NOT p_atomic THEN nextval('transactions_id_seq') END
+      FROM judged j ORDER BY j.ord;
+
+    SELECT count(*) FILTER (WHERE p.error_code IS NOT NULL), count(*) FILTER (WHERE p.error_code IS NULL)
+      INTO v_failures, v_ok FROM wallet_batch_plan p;
+    IF EXISTS (SELECT 1 FROM wallet_batch_plan p WHERE p.error_code IS NULL AND p.system_account IS NULL) THEN
+        RAISE EXCEPTION 'a system account of this batch does not exist' USING ERRCODE = 'WL901';
+    END IF;
+    IF p_atomic THEN
+        IF v_failures > 0 THEN  -- write nothing; the caller rolls the claims back
+            RETURN QUERY SELECT p.ord, CASE WHEN p.error_code IS NULL THEN 'created' ELSE 'failed' END,
+                                CASE WHEN p.error_code IS NULL THEN 201
+                                     WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+                                json_build_object('code', p.error_code, 'detail', p.error_detail), NULL::text
+                           FROM wallet_batch_plan p ORDER BY p.ord;
+            RETURN;
+        END IF;
+        UPDATE wallet_batch_plan p SET tx_id = n.tx_id
+          FROM (SELECT q.ord, nextval('transactions_id_seq') AS tx_id
+                  FROM (SELECT w.ord FROM wallet_batch_plan w ORDER BY w.ord OFFSET 0) q) n
+         WHERE p.ord = n.ord;
+    END IF;
+
+    UPDATE idempotency_keys k
+       SET status = CASE WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+           problem = jsonb_build_object('code', p.error_code, 'detail', p.error_detail)
+      FROM wallet_batch_plan p
+     WHERE p.error_code IS NOT NULL AND k.api_key_id = p_api_key_id AND k.key = p.key;
+
+    RETURN QUERY
+    WITH posted AS (
+        INSERT INTO transactions (id, type, asset, user_id, amount, description, metadata, api_key_name)
+        OVERRIDING SYSTEM VALUE
+        SELECT p.tx_id, p.type, p.asset, p.user_id, p.amount, p.description, p.metadata, p_api_key_name
+          FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL ORDER BY p.tx_id
+        RETURNING id, transactions.created_at
+    ), moved AS (
+        UPDATE accounts a SET balance = a.balance + p.user_leg
+          FROM wallet_batch_plan p
+         WHERE p.tx_id IS NOT NULL AND a.id = p.user_account AND a.balance + p.user_leg >= 0
+        RETURNING a.id, a.balance
+    ), written AS (
+        INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
+        SELECT p.tx_id, 1, p.user_account, p.user_leg, m.balance
+          FROM wallet_batch_plan p JOIN moved m ON m.id = p.user_account
+        UNION ALL
+        SELECT p.tx_id, 2, p.system_account, -p.user_leg, NULL FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL
+    ), appended AS (  -- one delta per system account for the whole batch
+        INSERT INTO account_deltas (account_id, amount)
+        SELECT p.system_account, -sum(p.user_leg) FROM wallet_batch_plan p
+         WHERE p.tx_id IS NOT NULL GROUP BY p.system_account HAVING sum(p.user_leg) <> 0
+    ), recorded AS (
+        UPDATE idempotency_keys k SET status = 201, transaction_id = p.tx_id
+          FROM wallet_batch_plan p
+         WHERE p.tx_id IS NOT NULL AND k.api_key_id = p_api_key_id AND k.key = p.key
+    )
+    SELECT p.ord,
+           CASE WHEN p.error_code IS NULL THEN 'created' ELSE 'failed' END,
+           CASE WHEN p.error_code IS NULL THEN 201
+                WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+           CASE WHEN p.error_code IS NOT NULL THEN json_build_object('code', p.error_code, 'detail', p.error_detail)
+                ELSE wallet_render(p.tx_id, p.type, p.user_id, p.asset, p.amount, m.balance, p.description,
+                                   p.metadata, p.accounts, p.amounts, posted.created_at) END,
+           wallet_public_id(p.tx_id)
+      FROM wallet_batch_plan p
+      LEFT JOIN posted ON posted.id = p.tx_id
+      LEFT JOIN moved m ON m.id = p.user_account AND p.tx_id IS NOT NULL
+     ORDER BY p.ord;
+
+    -- The bounds were checked under the locks, so every user balance moved; were one not to, its transaction
+    -- would lack its user leg: refuse the whole batch rather than write that.
+    SELECT count(*) INTO v_posted
+      FROM wallet_batch_plan p JOIN entries e ON e.transaction_id = p.tx_id AND e.leg = 1;
+    IF v_posted <> (SELECT count(*) FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL) THEN
+        RAISE EXCEPTION 'batch: % postings, % user legs written', v_ok, v_posted USING ERRCODE = 'WL902';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION wallet_batch(
     p_attempt_id uuid, p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb
 )
@@ -43,7 +173,21 @@ BEGIN
                   FROM jsonb_array_elements(p_items) i) w ON a.asset = w.asset AND a.name = w.name
          ORDER BY a.id FOR NO KEY UPDATE OF a;
 
+        IF (SELECT count(*) FROM jsonb_object_keys(v_claimed)) = jsonb_array_length(p_items)
+           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_items) i
+                            WHERE jsonb_array_length(i->'accounts') <> 2
+                               OR (i->'accounts'->>0) NOT LIKE 'user:%' OR (i->'accounts'->>1) NOT LIKE 'system:%')
+           AND (SELECT count(DISTINCT (i->>'asset', i->'accounts'->>0)) FROM jsonb_array_elements(p_items) i)
+               = jsonb_array_length(p_items) THEN
+            SELECT array_agg(f.outcome ORDER BY f.ord), array_agg(f.status ORDER BY f.ord),
+                   array_agg(f.body ORDER BY f.ord), array_agg(f.transaction_id ORDER BY f.ord)
+              INTO v_outcomes, v_statuses, v_bodies, v_tx_ids
+              FROM wallet_batch_distinct(p_api_key_id, p_api_key_name, p_atomic, p_items) f;
+            v_failed := 'failed' = ANY (v_outcomes);
+        END IF;
+
         FOR v_item, v_ord IN SELECT e.value, e.ordinality FROM jsonb_array_elements(p_items) WITH ORDINALITY e
+                              WHERE cardinality(v_outcomes) = 0
         LOOP
             IF NOT v_claimed ? (v_item->>'key') THEN
                 SELECT * INTO v_stored FROM idempotency_keys k
