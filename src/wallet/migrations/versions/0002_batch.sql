@@ -8,12 +8,14 @@
 -- Returns one row per item, in request order. With p_atomic, any item that does not end in 201 undoes the
 -- whole batch (claims and recorded failures included): the items it would have created report 'aborted'
 -- (424), the failing ones their problem ('rejected': not recorded, so a corrected batch can reuse the keys).
--- The set-based path of a batch: every item newly claimed, two legs (its user's account, then a system
--- account), and no user account twice, so no item's outcome depends on another's. The caller holds the locks
--- on the user accounts. A handful of statements post all items at once; system legs are summed into one delta
--- per system account. With p_atomic and any item failing, it writes nothing and returns the would-be
--- successes as 'created' with no body (the caller rolls back and reports them as aborted).
-CREATE FUNCTION wallet_batch_distinct(p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb)
+-- The set-based path of a batch, for items newly claimed with two legs (a user's account, then a system
+-- account). The caller holds the locks on the user accounts. Each item's balance is the running sum of its
+-- account's legs in item order; that holds as long as no item of an account that has several fails (a failed
+-- item would not apply, and the items after it would see another balance): then it returns no rows and the
+-- caller goes item by item. Otherwise a handful of statements post every item at once, with one balance update
+-- per account and one delta per system account. With p_atomic and any item failing, it writes nothing and
+-- returns the would-be successes as 'created' with no body (the caller rolls back and reports them aborted).
+CREATE FUNCTION wallet_batch_set_based(p_api_key_id bigint, p_api_key_name text, p_atomic boolean, p_items jsonb)
 RETURNS TABLE (ord int, outcome text, status int, body json, transaction_id text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -24,13 +26,17 @@ BEGIN
     CREATE TEMP TABLE IF NOT EXISTS wallet_batch_plan (
         ord int, key text, type text, asset text, user_id text, amount bigint, user_leg bigint,
         accounts text[], amounts bigint[], description text, metadata jsonb,
-        user_account bigint, system_account bigint, error_code text, error_detail text, tx_id bigint
+        user_account bigint, system_account bigint, error_code text, error_detail text, tx_id bigint,
+        running bigint, account_items int
     ) ON COMMIT DELETE ROWS;  -- one per session, emptied by every commit
     TRUNCATE wallet_batch_plan;  -- and by a rolled-back atomic batch earlier in this transaction
 
     WITH planned AS (
         SELECT x.ord, x.i, (x.i->'amounts'->>0)::bigint AS user_leg, s.code AS asset_found, ua.id AS user_account,
-               ua.name AS user_account_name, ua.balance, sa.id AS system_account
+               ua.name AS user_account_name, sa.id AS system_account,
+               ua.balance::numeric + sum((x.i->'amounts'->>0)::bigint)
+                   OVER (PARTITION BY ua.id ORDER BY x.ord) AS running,
+               count(*) OVER (PARTITION BY ua.id) AS account_items
           FROM jsonb_array_elements(p_items) WITH ORDINALITY AS x (i, ord)
           LEFT JOIN assets s ON s.code = x.i->>'asset'
           LEFT JOIN accounts ua ON ua.name = x.i->'accounts'->>0 AND ua.asset = x.i->>'asset' AND ua.kind = 'user'
@@ -39,8 +45,8 @@ BEGIN
         SELECT p.*,
                CASE WHEN p.asset_found IS NULL THEN 'asset_not_found'
                     WHEN p.user_account IS NULL THEN 'user_not_found'
-                    WHEN p.balance + p.user_leg < 0 THEN 'insufficient_funds'
-                    WHEN p.balance::numeric + p.user_leg > 1000000000000000000 THEN 'balance_limit_exceeded'
+                    WHEN p.running < 0 THEN 'insufficient_funds'
+                    WHEN p.running > 1000000000000000000 THEN 'balance_limit_exceeded'
                END AS error_code
           FROM planned p
     )
@@ -53,14 +59,20 @@ BEGIN
                 WHEN 'asset_not_found' THEN format('Asset %s does not exist.', j.i->>'asset')
                 WHEN 'user_not_found' THEN format('User %s does not exist.', j.i->>'user_id')
                 WHEN 'insufficient_funds' THEN format('Balance of %s in %s is %s, less than the %s requested.',
-                                                      j.user_account_name, j.i->>'asset', j.balance, -j.user_leg)
+                                                      j.user_account_name, j.i->>'asset', j.running - j.user_leg,
+                                                      -j.user_leg)
                 WHEN 'balance_limit_exceeded' THEN
                     format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
-                           j.user_account_name, j.i->>'asset', j.balance, j.user_leg)
+                           j.user_account_name, j.i->>'asset', j.running - j.user_leg, j.user_leg)
            END,
            -- Ids in item order, taken under the locks, as a single posting takes its own.
-           CASE WHEN j.error_code IS NULL AND NOT p_atomic THEN nextval('transactions_id_seq') END
+           CASE WHEN j.error_code IS NULL AND NOT p_atomic THEN nextval('transactions_id_seq') END,
+           CASE WHEN j.error_code IS NULL THEN j.running END, j.account_items
       FROM judged j ORDER BY j.ord;
+
+    IF EXISTS (SELECT 1 FROM wallet_batch_plan p WHERE p.error_code IS NOT NULL AND p.account_items > 1) THEN
+        RETURN;  -- outcomes depend on each other: item by item it is (nothing was written)
+    END IF;
 
     SELECT count(*) FILTER (WHERE p.error_code IS NOT NULL), count(*) FILTER (WHERE p.error_code IS NULL)
       INTO v_failures, v_ok FROM wallet_batch_plan p;
@@ -96,14 +108,13 @@ BEGIN
           FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL ORDER BY p.tx_id
         RETURNING id, transactions.created_at
     ), moved AS (
-        UPDATE accounts a SET balance = a.balance + p.user_leg
-          FROM wallet_batch_plan p
-         WHERE p.tx_id IS NOT NULL AND a.id = p.user_account AND a.balance + p.user_leg >= 0
-        RETURNING a.id, a.balance
+        UPDATE accounts a SET balance = a.balance + t.total
+          FROM (SELECT p.user_account, sum(p.user_leg) AS total FROM wallet_batch_plan p
+                 WHERE p.tx_id IS NOT NULL GROUP BY p.user_account) t
+         WHERE a.id = t.user_account
     ), written AS (
         INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
-        SELECT p.tx_id, 1, p.user_account, p.user_leg, m.balance
-          FROM wallet_batch_plan p JOIN moved m ON m.id = p.user_account
+        SELECT p.tx_id, 1, p.user_account, p.user_leg, p.running FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL
         UNION ALL
         SELECT p.tx_id, 2, p.system_account, -p.user_leg, NULL FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL
     ), appended AS (  -- one delta per system account for the whole batch
@@ -120,20 +131,22 @@ BEGIN
            CASE WHEN p.error_code IS NULL THEN 201
                 WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
            CASE WHEN p.error_code IS NOT NULL THEN json_build_object('code', p.error_code, 'detail', p.error_detail)
-                ELSE wallet_render(p.tx_id, p.type, p.user_id, p.asset, p.amount, m.balance, p.description,
+                ELSE wallet_render(p.tx_id, p.type, p.user_id, p.asset, p.amount, p.running, p.description,
                                    p.metadata, p.accounts, p.amounts, posted.created_at) END,
            wallet_public_id(p.tx_id)
       FROM wallet_batch_plan p
       LEFT JOIN posted ON posted.id = p.tx_id
-      LEFT JOIN moved m ON m.id = p.user_account AND p.tx_id IS NOT NULL
      ORDER BY p.ord;
 
-    -- The bounds were checked under the locks, so every user balance moved; were one not to, its transaction
-    -- would lack its user leg: refuse the whole batch rather than write that.
+    -- Every account moved by this batch must now hold its last item's balance_after (the bounds were checked
+    -- under the locks, so it does); were one not to, refuse the whole batch rather than commit it.
     SELECT count(*) INTO v_posted
-      FROM wallet_batch_plan p JOIN entries e ON e.transaction_id = p.tx_id AND e.leg = 1;
-    IF v_posted <> (SELECT count(*) FROM wallet_batch_plan p WHERE p.tx_id IS NOT NULL) THEN
-        RAISE EXCEPTION 'batch: % postings, % user legs written', v_ok, v_posted USING ERRCODE = 'WL902';
+      FROM (SELECT DISTINCT ON (p.user_account) p.user_account, p.running FROM wallet_batch_plan p
+             WHERE p.tx_id IS NOT NULL ORDER BY p.user_account, p.ord DESC) last
+      JOIN accounts a ON a.id = last.user_account
+     WHERE a.balance <> last.running;
+    IF v_posted > 0 THEN
+        RAISE EXCEPTION 'batch: % accounts do not hold their last balance_after', v_posted USING ERRCODE = 'WL902';
     END IF;
 END
 $$;
@@ -177,12 +190,11 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_items) i
                             WHERE jsonb_array_length(i->'accounts') <> 2
                                OR (i->'accounts'->>0) NOT LIKE 'user:%' OR (i->'accounts'->>1) NOT LIKE 'system:%')
-           AND (SELECT count(DISTINCT (i->>'asset', i->'accounts'->>0)) FROM jsonb_array_elements(p_items) i)
-               = jsonb_array_length(p_items) THEN
-            SELECT array_agg(f.outcome ORDER BY f.ord), array_agg(f.status ORDER BY f.ord),
-                   array_agg(f.body ORDER BY f.ord), array_agg(f.transaction_id ORDER BY f.ord)
+        THEN
+            SELECT coalesce(array_agg(f.outcome ORDER BY f.ord), '{}'), coalesce(array_agg(f.status ORDER BY f.ord), '{}'),
+                   coalesce(array_agg(f.body ORDER BY f.ord), '{}'), coalesce(array_agg(f.transaction_id ORDER BY f.ord), '{}')
               INTO v_outcomes, v_statuses, v_bodies, v_tx_ids
-              FROM wallet_batch_distinct(p_api_key_id, p_api_key_name, p_atomic, p_items) f;
+              FROM wallet_batch_set_based(p_api_key_id, p_api_key_name, p_atomic, p_items) f;
             v_failed := 'failed' = ANY (v_outcomes);
         END IF;
 
