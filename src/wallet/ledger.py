@@ -263,19 +263,12 @@ async def get_history(conn: asyncpg.Connection, user_id: str, asset: str | None,
             SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1) AS user_exists,
                    $2::text IS NULL OR EXISTS (SELECT 1 FROM assets WHERE code = $2) AS asset_exists
         ), page AS (
-            SELECT e.transaction_id
-              FROM accounts a
-             CROSS JOIN LATERAL (
-                   SELECT transaction_id FROM entries
-                    WHERE account_id = a.id AND ($3::bigint IS NULL OR transaction_id < $3)
-                    ORDER BY transaction_id DESC LIMIT $4
-             ) e
-             WHERE a.name = 'user:' || $1 AND ($2::text IS NULL OR a.asset = $2)
-             ORDER BY e.transaction_id DESC LIMIT $4
+            SELECT wallet_history_page($1, $2, $3, $4) AS ids
         )
         SELECT o.user_exists, o.asset_exists, r.id AS transaction_id, r.body
           FROM owner o
-          LEFT JOIN wallet_transactions_json((SELECT array_agg(transaction_id) FROM page)) r ON true
+         CROSS JOIN page
+          LEFT JOIN LATERAL wallet_transactions_json(page.ids) r ON true
          ORDER BY r.id DESC
         """,
         user_id,

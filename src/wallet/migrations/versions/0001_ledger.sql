@@ -142,6 +142,26 @@ LANGUAGE sql STABLE AS $$
      GROUP BY t.id
 $$;
 
+-- The ids of one page of a user's history, newest first, before p_before_id (NULL: from the newest).
+-- Bitmap scans off: the planner, costing by the average account, would fetch every entry of a busy account
+-- and sort them; reading entries_by_account newest first stops after p_limit (20 ms -> 1 ms on a 1M ledger).
+CREATE FUNCTION wallet_history_page(p_user_id text, p_asset text, p_before_id bigint, p_limit int)
+RETURNS bigint[]
+LANGUAGE sql STABLE
+SET enable_bitmapscan = off
+AS $$
+    SELECT coalesce(array_agg(page.transaction_id ORDER BY page.transaction_id DESC), '{}')
+      FROM (SELECT e.transaction_id
+              FROM accounts a
+             CROSS JOIN LATERAL (
+                   SELECT transaction_id FROM entries
+                    WHERE account_id = a.id AND transaction_id < coalesce(p_before_id, 9223372036854775807)
+                    ORDER BY transaction_id DESC LIMIT p_limit
+             ) e
+             WHERE a.name = 'user:' || p_user_id AND (p_asset IS NULL OR a.asset = p_asset)
+             ORDER BY e.transaction_id DESC LIMIT p_limit) page
+$$;
+
 CREATE FUNCTION wallet_transaction_json(p_id bigint) RETURNS json
 LANGUAGE sql STABLE AS $$ SELECT body FROM wallet_transactions_json(ARRAY[p_id]) $$;
 
