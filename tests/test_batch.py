@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Keys
+from tests.conftest import Keys, in_process
 from tests.test_contract import MOVEMENT_PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
 from wallet.config import Settings
 
@@ -196,10 +196,8 @@ async def roomy_client(settings: Settings, db: asyncpg.Connection) -> AsyncItera
     from wallet.api import create_app
 
     app = create_app(settings.model_copy(update={"body_size_max_bytes": 1 << 20}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-            yield http
+    async with in_process(app) as http:
+        yield http
 
 
 # Success ---------------------------------------------------------------------------------------------------------

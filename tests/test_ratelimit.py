@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import in_process
 from wallet import keys
 from wallet.api import create_app
 from wallet.config import Settings
@@ -58,12 +59,10 @@ async def test_two_workers_share_one_budget_through_redis(settings: Settings, db
     workers = [create_app(shared), create_app(shared)]
     statuses = []
     for app in workers:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-                for _ in range(3):
-                    response = await http.get("/v1/assets", headers={"Authorization": f"Bearer {secret}"})
-                    statuses.append(response.status_code)
+        async with in_process(app) as http:
+            for _ in range(3):
+                response = await http.get("/v1/assets", headers={"Authorization": f"Bearer {secret}"})
+                statuses.append(response.status_code)
     # Each worker alone would allow all three; together they share four.
     assert statuses.count(200) == 4, statuses
     assert statuses.count(429) == 2, statuses
@@ -72,8 +71,6 @@ async def test_two_workers_share_one_budget_through_redis(settings: Settings, db
 async def test_unreachable_redis_lets_requests_through(settings: Settings, db: asyncpg.Connection) -> None:
     secret = await limited_key(db, 100)
     app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1"}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-            response = await http.get("/v1/assets", headers={"Authorization": f"Bearer {secret}"})
+    async with in_process(app) as http:
+        response = await http.get("/v1/assets", headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
-from tests.conftest import Keys
+from tests.conftest import Keys, in_process
 from wallet import keys
 from wallet.api import create_app
 from wallet.config import Settings
@@ -84,10 +84,8 @@ async def secure(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Ap
     root.setLevel(logging.DEBUG)
     try:
         app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-                yield App(app, http, lines)
+        async with in_process(app) as http:
+            yield App(app, http, lines)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -265,15 +263,13 @@ async def test_an_unreachable_database_leaks_neither_url_nor_password(settings: 
     root.setLevel(logging.DEBUG)
     try:
         app = create_app(settings.model_copy(update={"database_url": url}), url)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
-                headers = {"Authorization": "Bearer wk_whatever", "Idempotency-Key": "k1"}
-                responses = [
-                    await http.get("/v1/assets", headers=headers),
-                    await http.post("/v1/topups", json={"user_id": "a", "asset": "GOLD", "amount": 1}, headers=headers),
-                    await http.get("/health"),
-                ]
+        async with in_process(app) as http:
+            headers = {"Authorization": "Bearer wk_whatever", "Idempotency-Key": "k1"}
+            responses = [
+                await http.get("/v1/assets", headers=headers),
+                await http.post("/v1/topups", json={"user_id": "a", "asset": "GOLD", "amount": 1}, headers=headers),
+                await http.get("/health"),
+            ]
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
