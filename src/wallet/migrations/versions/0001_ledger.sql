@@ -105,6 +105,26 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
+-- The HTTP status of a business error the engine returns: the one place that decides it.
+CREATE FUNCTION wallet_error_status(p_code text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END
+$$;
+
+-- The bound a user leg would break, and its message; NULLs when it breaks none.
+CREATE FUNCTION wallet_bound_error(p_account text, p_asset text, p_balance numeric, p_amount bigint,
+                                   OUT code text, OUT detail text)
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_balance + p_amount < 0 THEN 'insufficient_funds'
+                WHEN p_balance + p_amount > 1000000000000000000 THEN 'balance_limit_exceeded' END,
+           CASE WHEN p_balance + p_amount < 0
+                    THEN format('Balance of %s in %s is %s, less than the %s requested.',
+                                p_account, p_asset, p_balance, -p_amount)
+                WHEN p_balance + p_amount > 1000000000000000000
+                    THEN format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
+                                p_account, p_asset, p_balance, p_amount) END
+$$;
+
 -- The one renderer of a transaction. The POST renders from what it just wrote; GET and replays read the rows.
 CREATE FUNCTION wallet_render(
     p_id bigint, p_type text, p_user_id text, p_asset text, p_amount bigint, p_balance_after bigint,
@@ -234,15 +254,9 @@ BEGIN
     v_user_legs := cardinality(v_locked_names);
 
     FOR i IN 1..v_user_legs LOOP
-        IF v_locked_balances[i] + v_locked_amounts[i] < 0 THEN
-            error_code := 'insufficient_funds';
-            error_detail := format('Balance of %s in %s is %s, less than the %s requested.',
-                                   v_locked_names[i], p_asset, v_locked_balances[i], -v_locked_amounts[i]);
-            RETURN;
-        ELSIF v_locked_balances[i]::numeric + v_locked_amounts[i] > 1000000000000000000 THEN
-            error_code := 'balance_limit_exceeded';
-            error_detail := format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
-                                   v_locked_names[i], p_asset, v_locked_balances[i], v_locked_amounts[i]);
+        SELECT b.code, b.detail INTO error_code, error_detail
+          FROM wallet_bound_error(v_locked_names[i], p_asset, v_locked_balances[i], v_locked_amounts[i]) b;
+        IF error_code IS NOT NULL THEN
             RETURN;
         END IF;
     END LOOP;
@@ -340,8 +354,7 @@ BEGIN
                               p_description, coalesce(p_metadata, '{}'), p_accounts, p_amounts, v_post.created_at);
     ELSE
         outcome := 'failed';
-        status := CASE v_post.error_code WHEN 'user_not_found' THEN 404 WHEN 'asset_not_found' THEN 404
-                  ELSE 409 END;
+        status := wallet_error_status(v_post.error_code);
         body := json_build_object('code', v_post.error_code, 'detail', v_post.error_detail);
         UPDATE idempotency_keys k SET status = wallet_request.status, problem = body::jsonb
          WHERE k.api_key_id = p_api_key_id AND k.key = p_key;

@@ -45,26 +45,20 @@ BEGIN
         SELECT p.*,
                CASE WHEN p.asset_found IS NULL THEN 'asset_not_found'
                     WHEN p.user_account IS NULL THEN 'user_not_found'
-                    WHEN p.running < 0 THEN 'insufficient_funds'
-                    WHEN p.running > 1000000000000000000 THEN 'balance_limit_exceeded'
-               END AS error_code
+                    ELSE b.code END AS error_code,
+               CASE WHEN p.asset_found IS NULL THEN format('Asset %s does not exist.', p.i->>'asset')
+                    WHEN p.user_account IS NULL THEN format('User %s does not exist.', p.i->>'user_id')
+                    ELSE b.detail END AS error_detail
           FROM planned p
+         CROSS JOIN LATERAL wallet_bound_error(p.user_account_name, p.i->>'asset', p.running - p.user_leg,
+                                               p.user_leg) b
     )
     INSERT INTO wallet_batch_plan
     SELECT j.ord, j.i->>'key', j.i->>'type', j.i->>'asset', j.i->>'user_id', (j.i->>'amount')::bigint, j.user_leg,
            ARRAY[j.i->'accounts'->>0, j.i->'accounts'->>1],
            ARRAY[j.user_leg, (j.i->'amounts'->>1)::bigint],
            j.i->>'description', coalesce(j.i->'metadata', '{}'), j.user_account, j.system_account, j.error_code,
-           CASE j.error_code
-                WHEN 'asset_not_found' THEN format('Asset %s does not exist.', j.i->>'asset')
-                WHEN 'user_not_found' THEN format('User %s does not exist.', j.i->>'user_id')
-                WHEN 'insufficient_funds' THEN format('Balance of %s in %s is %s, less than the %s requested.',
-                                                      j.user_account_name, j.i->>'asset', j.running - j.user_leg,
-                                                      -j.user_leg)
-                WHEN 'balance_limit_exceeded' THEN
-                    format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
-                           j.user_account_name, j.i->>'asset', j.running - j.user_leg, j.user_leg)
-           END,
+           j.error_detail,
            -- Ids in item order, taken under the locks, as a single posting takes its own.
            CASE WHEN j.error_code IS NULL AND NOT p_atomic THEN nextval('transactions_id_seq') END,
            CASE WHEN j.error_code IS NULL THEN j.running END, j.account_items
@@ -82,8 +76,7 @@ BEGIN
     IF p_atomic THEN
         IF v_failures > 0 THEN  -- write nothing; the caller rolls the claims back
             RETURN QUERY SELECT p.ord, CASE WHEN p.error_code IS NULL THEN 'created' ELSE 'failed' END,
-                                CASE WHEN p.error_code IS NULL THEN 201
-                                     WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+                                CASE WHEN p.error_code IS NULL THEN 201 ELSE wallet_error_status(p.error_code) END,
                                 json_build_object('code', p.error_code, 'detail', p.error_detail), NULL::text
                            FROM wallet_batch_plan p ORDER BY p.ord;
             RETURN;
@@ -95,7 +88,7 @@ BEGIN
     END IF;
 
     UPDATE idempotency_keys k
-       SET status = CASE WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+       SET status = wallet_error_status(p.error_code),
            problem = jsonb_build_object('code', p.error_code, 'detail', p.error_detail)
       FROM wallet_batch_plan p
      WHERE p.error_code IS NOT NULL AND k.api_key_id = p_api_key_id AND k.key = p.key;
@@ -128,8 +121,7 @@ BEGIN
     )
     SELECT p.ord,
            CASE WHEN p.error_code IS NULL THEN 'created' ELSE 'failed' END,
-           CASE WHEN p.error_code IS NULL THEN 201
-                WHEN p.error_code IN ('user_not_found', 'asset_not_found') THEN 404 ELSE 409 END,
+           CASE WHEN p.error_code IS NULL THEN 201 ELSE wallet_error_status(p.error_code) END,
            CASE WHEN p.error_code IS NOT NULL THEN json_build_object('code', p.error_code, 'detail', p.error_detail)
                 ELSE wallet_render(p.tx_id, p.type, p.user_id, p.asset, p.amount, p.running, p.description,
                                    p.metadata, p.accounts, p.amounts, posted.created_at) END,
@@ -242,8 +234,7 @@ BEGIN
                     v_tx_ids := v_tx_ids || wallet_public_id(v_post.posted_id);
                 ELSE
                     v_outcomes := v_outcomes || 'failed'::text;
-                    v_statuses := v_statuses || CASE WHEN v_post.error_code IN ('user_not_found', 'asset_not_found')
-                                                     THEN 404 ELSE 409 END;
+                    v_statuses := v_statuses || wallet_error_status(v_post.error_code);
                     v_bodies := v_bodies || json_build_object('code', v_post.error_code,
                                                               'detail', v_post.error_detail);
                     v_tx_ids := v_tx_ids || NULL::text;
