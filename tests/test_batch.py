@@ -15,9 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Keys, in_process
+from tests.conftest import Keys
 from tests.test_contract import MOVEMENT_PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
-from wallet.config import Settings
 
 SYSTEM_SIDE = {"topup": "system:treasury", "bonus": "system:bonus_pool", "purchase": "system:revenue"}
 USER_SIGN = {"topup": 1, "bonus": 1, "purchase": -1}
@@ -187,17 +186,6 @@ async def user_transactions(db: asyncpg.Connection, users: list[str]) -> dict[st
     counts = {user: 0 for user in users}
     counts.update({row["user_id"]: int(row["n"]) for row in rows})
     return counts
-
-
-@pytest.fixture(scope="module")
-async def roomy_client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    """The app in-process with the body limit raised to 1 MiB (WALLET_BODY_SIZE_MAX_BYTES allows up to 10 MiB):
-    for the rules about operation counts, which the default 64 KiB limit would otherwise pre-empt."""
-    from wallet.api import create_app
-
-    app = create_app(settings.model_copy(update={"body_size_max_bytes": 1 << 20}))
-    async with in_process(app) as http:
-        yield http
 
 
 # Success ---------------------------------------------------------------------------------------------------------
@@ -675,11 +663,11 @@ async def test_content_type_must_be_json(client: httpx.AsyncClient, api_keys: Ke
     assert await balances(db, [user]) == {user: 0}
 
 
-async def test_1001_operations_is_422(roomy_client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection) -> None:
-    (user,) = await create_users(roomy_client, api_keys, 1)
+async def test_1001_operations_is_422(client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection) -> None:
+    (user,) = await create_users(client, api_keys, 1)
     operations = [op("topup", user, 1) for _ in range(1_001)]
     keys = [operation["idempotency_key"] for operation in operations]
-    problem = assert_problem(await send(roomy_client, api_keys, batch(*operations)), 422, "validation_error")
+    problem = assert_problem(await send(client, api_keys, batch(*operations)), 422, "validation_error")
     assert ["operations"] in [error["loc"] for error in problem["errors"]], problem["errors"]
     assert await balances(db, [user]) == {user: 0}
     assert await stored(db, keys) == {}
@@ -703,20 +691,13 @@ async def make_users(db: asyncpg.Connection, count: int) -> list[str]:
     return users
 
 
-@pytest.fixture(params=["default body limit", "body limit raised"])
-def any_client(
-    request: pytest.FixtureRequest, client: httpx.AsyncClient, roomy_client: httpx.AsyncClient
-) -> httpx.AsyncClient:
-    return client if request.param == "default body limit" else roomy_client
-
-
 async def test_batch_of_1000_topups_to_distinct_users(
-    any_client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection
+    client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection
 ) -> None:
     """The spec allows 1 to 1,000 operations; the largest batch must be accepted as the service is configured."""
     users = await make_users(db, 1_000)
     operations = [op("topup", user, index + 1, key=f"{user}k") for index, user in enumerate(users)]
-    response = await send(any_client, api_keys, batch(*operations))
+    response = await send(client, api_keys, batch(*operations))
     results = results_of(response, 1_000)
     assert [result["status"] for result in results] == [201] * 1_000
     for result, operation in zip(results, operations, strict=True):
