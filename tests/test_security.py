@@ -3,6 +3,7 @@ security headers, CORS is closed, and every input has a limit that answers 4xx, 
 """
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import socket
@@ -73,9 +74,9 @@ class Capture(logging.Handler):
         self.lines.append(repr(record.args) + repr(getattr(record, "fields", None)))
 
 
-@pytest.fixture(scope="module")
-async def secure(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[App]:
-    """The app in-process, with every log record captured at DEBUG."""
+@contextlib.contextmanager
+def captured_logs() -> Iterator[list[str]]:
+    """Every log record emitted meanwhile, at DEBUG and above."""
     lines: list[str] = []
     handler = Capture(lines)
     root = logging.getLogger()
@@ -83,12 +84,19 @@ async def secure(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Ap
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        app = create_app(settings)
-        async with in_process(app) as http:
-            yield App(app, http, lines)
+        yield lines
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+async def secure(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[App]:
+    """The app in-process, with every log record captured at DEBUG."""
+    with captured_logs() as lines:
+        app = create_app(settings)
+        async with in_process(app) as http:
+            yield App(app, http, lines)
 
 
 def _routes(app: FastAPI) -> Iterator[tuple[str, str]]:
@@ -255,13 +263,7 @@ async def test_an_unreachable_database_leaks_neither_url_nor_password(settings: 
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens there
     url = f"postgresql://wallet:{password}@127.0.0.1:{port}/wallet"
-    lines: list[str] = []
-    handler = Capture(lines)
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with captured_logs() as lines:
         app = create_app(settings.model_copy(update={"database_url": url}), url)
         async with in_process(app) as http:
             headers = {"Authorization": "Bearer wk_whatever", "Idempotency-Key": "k1"}
@@ -270,9 +272,6 @@ async def test_an_unreachable_database_leaks_neither_url_nor_password(settings: 
                 await http.post("/v1/topups", json={"user_id": "a", "asset": "GOLD", "amount": 1}, headers=headers),
                 await http.get("/health"),
             ]
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
     for response in responses:
         assert response.status_code == 503, response.text
         _assert_no_leak(response, password, str(port), "127.0.0.1")
