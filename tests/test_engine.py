@@ -17,6 +17,7 @@ import pytest
 from wallet import ledger
 from wallet.config import Settings
 from wallet.database import connect
+from wallet.kinds import SYSTEM_ACCOUNTS
 
 POST_SQL = "SELECT posted_id, error_code, error_detail FROM wallet_post($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 KEY_NAME = "engine-test"
@@ -358,7 +359,7 @@ async def test_rollup_folds_deltas_and_keeps_balances(db: asyncpg.Connection) ->
             """INSERT INTO accounts (kind, name, asset)
                SELECT 'system', 'system:' || s, $1 FROM unnest($2::text[]) s""",
             asset,
-            list(ledger.SYSTEM_ACCOUNTS),
+            list(SYSTEM_ACCOUNTS),
         )
         a, b = await new_user(db), await new_user(db)
         await fund(db, a, 1000, asset)

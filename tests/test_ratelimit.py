@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import in_process
 from wallet import keys
-from wallet.api import create_app
 from wallet.config import Settings
+from wallet.http.app import create_app
 
 REDIS_URL = os.environ.get("WALLET_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 

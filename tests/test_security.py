@@ -22,8 +22,8 @@ from starlette.routing import Route
 
 from tests.conftest import Keys, in_process
 from wallet import keys
-from wallet.api import create_app
 from wallet.config import Settings
+from wallet.http.app import create_app
 from wallet.logs import JsonFormatter
 
 # Which scopes admit each /v1 route (admin admits everything). A new route fails
@@ -394,7 +394,7 @@ async def test_a_body_over_the_limit_is_413(secure: App, api_keys: Keys) -> None
     lying = await secure.http.post("/v1/topups", content=b"{}", headers={**headers, "Content-Length": "-1"})
     assert 400 <= lying.status_code < 500, lying.text
     # 1,000 batch operations do not fit in 64 KiB: /v1/batch has its own limit (WALLET_BATCH_BODY_SIZE_MAX_BYTES).
-    batch_limit = secure.app.state.service.settings.batch_body_size_max_bytes
+    batch_limit = secure.app.state.services.settings.batch_body_size_max_bytes
     batch = await secure.http.post(
         "/v1/batch", content=b" " * (batch_limit + 1), headers={**api_keys.headers("admin"), **headers}
     )

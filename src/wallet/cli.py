@@ -17,7 +17,8 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from wallet import keys as api_keys
-from wallet import ledger
+from wallet import seed as seeding
+from wallet import verify as verification
 from wallet.config import get_settings
 from wallet.database import connect, database_url, describe, migrate, set_database_url_for_children
 from wallet.errors import DATABASE_ERRORS
@@ -57,7 +58,7 @@ def _prepare(url: str) -> None:
 
 
 async def _seed_and_bootstrap(conn: asyncpg.Connection) -> str | None:
-    await ledger.seed(conn)
+    await seeding.seed(conn)
     bootstrap = get_settings().bootstrap_key
     return await api_keys.ensure_bootstrap(conn, bootstrap.get_secret_value() if bootstrap else None)
 
@@ -105,7 +106,7 @@ def serve(
             f"wallet: serving on http://{host}:{port} with {workers} worker(s), database {describe(url)}", err=True
         )
         uvicorn.run(
-            "wallet.api:app_from_env",
+            "wallet.http.app:app_from_env",
             factory=True,
             host=host,
             port=port,
@@ -130,7 +131,7 @@ def seed() -> None:
     """Seed assets, system accounts and the demo users (idempotent)."""
     with database_url(get_settings()) as url:
         migrate(url)
-        _with_connection(url, ledger.seed)
+        _with_connection(url, seeding.seed)
     typer.echo("seed applied")
 
 
@@ -138,8 +139,8 @@ def seed() -> None:
 def verify() -> None:
     """Check every invariant of the ledger; exit status 1 on any violation."""
     with database_url(get_settings()) as url:
-        results = _with_connection(url, ledger.verify)
-        totals = _with_connection(url, ledger.ledger_totals)
+        results = _with_connection(url, verification.verify)
+        totals = _with_connection(url, verification.ledger_totals)
     typer.echo(", ".join(f"{count} {name}" for name, count in totals.items()))
     failed = 0
     for result in results:

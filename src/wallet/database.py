@@ -1,4 +1,5 @@
-"""Database access: the embedded PostgreSQL, the connection pool, migrations, and bounded retries."""
+"""Database access: the embedded PostgreSQL, migrations, the connection pool and the unit of work (bounded
+retries, the reconnect window, outcomes that stay unknown)."""
 
 import asyncio
 import logging
@@ -9,7 +10,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -19,12 +20,20 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from wallet.config import Settings
-from wallet.errors import DATABASE_ERRORS, NotSent, OutcomeUnknown, is_conflict, is_outcome_unknown
+from wallet.errors import (
+    DATABASE_ERRORS,
+    InternalError,
+    NotSent,
+    OutcomeUnknown,
+    WalletError,
+    from_database,
+    is_conflict,
+    is_outcome_unknown,
+)
 
 log = logging.getLogger("wallet.database")
 
 T = TypeVar("T")
-Pool = asyncpg.Pool  # one name for the pool type across the package
 
 MIGRATION_LOCK_ID = 0x77A11E7  # advisory lock id that serializes concurrent `wallet migrate` runs
 
@@ -160,6 +169,70 @@ async def with_retries(attempts_max: int, reconnect_window_s: float, operation: 
                 raise
         delay_s = random.uniform(0, 0.005 * 2**conflicts) if unknown_since is None else random.uniform(0.05, 0.25)
         await asyncio.sleep(delay_s)
+
+
+class Database:
+    """The unit of work: a lazily opened pool, and `run`, which runs one unit of work on a pooled connection,
+    retried on conflicts and across broken connections, with database failures turned into public errors."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await create_pool(self.url, self.settings)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the database is not open"
+        return self._pool
+
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            try:
+                conn = await self.pool.acquire(timeout=self.settings.pool_acquire_timeout_ms / 1000)
+            except DATABASE_ERRORS as exc:
+                raise NotSent(exc) from exc
+            try:
+                return await work(cast(asyncpg.Connection, conn))
+            finally:
+                await self.pool.release(conn)
+
+        try:
+            settings = self.settings
+            return await with_retries(settings.retry_attempts_max, settings.reconnect_window_ms / 1000, attempt)
+        except WalletError:
+            raise
+        except (NotSent, *DATABASE_ERRORS) as exc:
+            error = from_database(exc)
+            if isinstance(error, InternalError):
+                log.error("database error", extra={"fields": {"sqlstate": getattr(exc, "sqlstate", None)}})
+            raise error from None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """One statement, one transaction: its first value."""
+        return await self.run(lambda conn: conn.fetchval(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self.run(lambda conn: conn.fetchrow(sql, *args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.run(lambda conn: conn.fetch(sql, *args))
+
+    async def ping(self, timeout_s: float) -> bool:
+        """Whether the database answers within `timeout_s`, without retries: for /health."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+        except DATABASE_ERRORS:
+            return False
+        return True
 
 
 def set_database_url_for_children(url: str) -> None:

@@ -88,6 +88,12 @@ class NotFound(WalletError):
     code = "not_found"
 
 
+class MethodNotAllowed(WalletError):
+    """The path exists, not with this method; the Allow header lists those it has."""
+
+    code = "method_not_allowed"
+
+
 class UserNotFound(WalletError):
     """The user does not exist."""
 

@@ -5,6 +5,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from wallet.kinds import KINDS
+
 AMOUNT_MAX = 10**15
 DESCRIPTION_LENGTH_MAX = 500
 METADATA_BYTES_MAX = 4096
@@ -96,8 +98,14 @@ class MovementRequest(Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+def _known_kind(value: str) -> str:
+    if value not in KINDS:
+        raise ValueError(f"must be one of {', '.join(KINDS)}")
+    return value
+
+
 class BatchOperation(MovementRequest):
-    type: Literal["topup", "bonus", "purchase"]
+    type: Annotated[str, AfterValidator(_known_kind), Field(json_schema_extra={"enum": list(KINDS)})]
     idempotency_key: Annotated[str, StringConstraints(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 

@@ -1,0 +1,62 @@
+"""The application: middleware, problem rendering, the routers, and the lifespan of the database pool and the
+maintenance loop."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from wallet import __version__, ledger
+from wallet.config import Settings, get_settings
+from wallet.http import openapi, problems
+from wallet.http.envelope import Envelope
+from wallet.http.routes import assets, health, movements, transactions, users
+from wallet.http.services import Services
+
+ROUTERS = (health.router, assets.router, users.router, movements.router, transactions.router)
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    url = database_url or settings.database_url
+    if not url:
+        raise RuntimeError("create_app needs a database URL (WALLET_DATABASE_URL); `wallet serve` sets it.")
+    shared = Services.create(settings, url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await shared.database.open()
+        maintenance = asyncio.create_task(ledger.maintain(shared.database, settings))
+        try:
+            yield
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await shared.database.close()
+
+    app = FastAPI(
+        title="Wallet service",
+        version=__version__,
+        lifespan=lifespan,
+        description="Double-entry wallet for virtual credits. Errors are RFC 9457 problem documents.",
+    )
+    app.state.services = shared
+    problems.install(app)
+    for router in ROUTERS:  # the routes themselves, not include_router's lazy wrapper: tests and tools list them
+        app.router.routes.extend(router.routes)
+    openapi.install(app)
+    # 1,000 operations do not fit in 64 KiB: batches get their own limit.
+    by_path = {"/v1/batch": settings.batch_body_size_max_bytes}
+    app.add_middleware(Envelope, body_size_max_bytes=settings.body_size_max_bytes, body_size_max_bytes_by_path=by_path)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: reads WALLET_DATABASE_URL, which `wallet serve` sets."""
+    from wallet.logs import configure
+
+    settings = Settings()  # not the cached instance: `wallet serve` set the URL after reading its own
+    configure(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,95 @@
+"""Users and what belongs to them: PUT/GET a user, balances, history."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from wallet import ledger
+from wallet.http import body, openapi
+from wallet.http.auth import require
+from wallet.http.openapi import responses
+from wallet.http.routes.params import AssetPath, AssetQuery, UserIdPath
+from wallet.http.services import database
+from wallet.models import PAGE_LIMIT_MAX, Balance, Balances, TransactionPage, User, UserRequest
+
+router = APIRouter()
+JSON = "application/json"
+read = [Depends(require("read"))]
+
+
+@router.put(
+    "/v1/users/{user_id}",
+    response_model=User,
+    tags=["users"],
+    openapi_extra=openapi.body(UserRequest, required=False),
+    responses={
+        **responses(201, User, "Created, with one account per asset.", "validation_error"),
+        200: {"model": User, "description": "The user was already there."},
+    },
+    dependencies=[Depends(require("admin"))],
+)
+async def put_user(request: Request, user_id: UserIdPath) -> Response:
+    raw = await request.body()
+    display_name = None
+    if raw.strip():
+        display_name = body.parse(raw, request.headers.get("content-type"), UserRequest).display_name
+    created, representation = await ledger.put_user(database(request), user_id, display_name)
+    return Response(representation, 201 if created else 200, media_type=JSON)
+
+
+@router.get(
+    "/v1/users/{user_id}",
+    response_model=User,
+    tags=["users"],
+    responses=responses(200, User, "The user.", "user_not_found", "validation_error"),
+    dependencies=read,
+)
+async def get_user(request: Request, user_id: UserIdPath) -> Response:
+    return Response(await ledger.get_user(database(request), user_id), media_type=JSON)
+
+
+@router.get(
+    "/v1/users/{user_id}/balances",
+    response_model=Balances,
+    tags=["balances"],
+    responses=responses(200, Balances, "Every asset's balance, 0 included.", "user_not_found", "validation_error"),
+    dependencies=read,
+)
+async def get_balances(request: Request, user_id: UserIdPath) -> Response:
+    return Response(await ledger.get_balances(database(request), user_id), media_type=JSON)
+
+
+@router.get(
+    "/v1/users/{user_id}/balances/{asset}",
+    response_model=Balance,
+    tags=["balances"],
+    responses=responses(200, Balance, "The balance.", "user_not_found", "asset_not_found", "validation_error"),
+    dependencies=read,
+)
+async def get_balance(request: Request, user_id: UserIdPath, asset: AssetPath) -> Response:
+    return Response(await ledger.get_balance(database(request), user_id, asset), media_type=JSON)
+
+
+@router.get(
+    "/v1/users/{user_id}/transactions",
+    response_model=TransactionPage,
+    tags=["transactions"],
+    responses=responses(
+        200,
+        TransactionPage,
+        "A page of transactions, newest first.",
+        "user_not_found",
+        "asset_not_found",
+        "validation_error",
+    ),
+    dependencies=read,
+)
+async def get_history(
+    request: Request,
+    user_id: UserIdPath,
+    asset: AssetQuery = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page.")] = None,
+) -> Response:
+    page = await ledger.get_history(database(request), user_id, asset, limit, cursor)
+    return Response(page, media_type=JSON)

@@ -1,0 +1,36 @@
+"""What handlers share, kept on the app: settings, the database, the API key cache, the rate limiter."""
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from wallet.config import Settings
+from wallet.database import Database
+from wallet.keys import KeyCache
+from wallet.ratelimit import RateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    key_cache: KeyCache
+    rate_limiter: RateLimiter
+
+    @classmethod
+    def create(cls, settings: Settings, database_url: str) -> "Services":
+        return cls(
+            settings,
+            Database(database_url, settings),
+            KeyCache(settings.api_key_cache_ttl_ms),
+            RateLimiter(settings.redis_url, settings.rate_limit_per_s),
+        )
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+def database(request: Request) -> Database:
+    return services(request).database

@@ -1,0 +1,46 @@
+"""The registry of posting kinds: what each money-moving request is, where it is posted, who may post it, and
+which legs it writes. Routes, scopes, request models, the OpenAPI document, the tests and the bench all read it;
+adding a kind is one entry here plus its template (the legs below, or an SQL function for kinds whose legs come
+from the ledger's own state)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of posting between a user's account and a system account of the same asset."""
+
+    type: str  # the transaction's `type`, and the batch item's `type`
+    path: str  # the route that posts it
+    scope: str  # the API key scope it needs (admin holds every scope)
+    system_account: str  # the system account on the other side
+    direction: int  # +1: the user's balance rises; -1: it falls
+    summary: str
+    codes: tuple[str, ...] = ()  # problem codes beyond those every posting can answer
+
+    @property
+    def endpoint(self) -> str:
+        """What the idempotency fingerprint records as the endpoint: a batch item of this kind and the single
+        POST are the same request."""
+        return f"POST {self.path}"
+
+    def legs(self, user_id: str, amount: int) -> list[tuple[str, int]]:
+        """The entries this posting writes: the user's leg first, then the system account's."""
+        return [
+            (f"user:{user_id}", self.direction * amount),
+            (f"system:{self.system_account}", -self.direction * amount),
+        ]
+
+
+KINDS: dict[str, Kind] = {
+    kind.type: kind
+    for kind in (
+        Kind("topup", "/v1/topups", "topup", "treasury", +1, "Top up: treasury -> user"),
+        Kind("bonus", "/v1/bonuses", "bonus", "bonus_pool", +1, "Bonus: bonus_pool -> user"),
+        Kind(
+            "purchase", "/v1/purchases", "purchase", "revenue", -1, "Purchase: user -> revenue", ("insufficient_funds",)
+        ),
+    )
+}
+KINDS_BY_PATH: dict[str, Kind] = {kind.path: kind for kind in KINDS.values()}
+SYSTEM_ACCOUNTS: tuple[str, ...] = tuple(dict.fromkeys(kind.system_account for kind in KINDS.values()))

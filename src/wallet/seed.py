@@ -1,0 +1,49 @@
+"""The seed: assets, system accounts, and demo users funded by ordinary top-ups. Running it again changes nothing."""
+
+import uuid
+
+import asyncpg
+
+from wallet.kinds import KINDS, SYSTEM_ACCOUNTS
+from wallet.ledger import Caller, Movement, ensure_user, post_on
+
+SEED_ASSETS = (("GOLD", "Gold Coins"), ("DIAMOND", "Diamonds"), ("LOYALTY", "Loyalty Points"))
+SEED_FUNDING: dict[str, dict[str, int]] = {
+    "alice": {"GOLD": 1_000, "DIAMOND": 50, "LOYALTY": 200},
+    "bob": {"GOLD": 500, "DIAMOND": 10},
+    "carol": {"GOLD": 250, "LOYALTY": 100},
+}
+SEED_KEY_NAME = "seed"
+
+
+async def seed(conn: asyncpg.Connection) -> None:
+    """Assets, system accounts and users funded by ordinary top-ups. Running it again changes nothing: the
+    top-ups carry fixed idempotency keys of the `seed` key (revoked at birth, so it can never authenticate)."""
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO assets (code, name, scale) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING", SEED_ASSETS
+        )
+        await conn.execute(
+            """INSERT INTO accounts (kind, name, asset)
+               SELECT 'system', 'system:' || s.name, a.code FROM assets a CROSS JOIN unnest($1::text[]) s (name)
+               ON CONFLICT DO NOTHING""",
+            list(SYSTEM_ACCOUNTS),
+        )
+        # Users created before an asset existed get their account in it.
+        await conn.execute(
+            """INSERT INTO accounts (kind, name, asset, user_id)
+               SELECT 'user', 'user:' || u.user_id, a.code, u.user_id FROM users u CROSS JOIN assets a
+               ON CONFLICT DO NOTHING"""
+        )
+        seed_key_id = await conn.fetchval(
+            """INSERT INTO api_keys (name, secret_hash, scopes, revoked_at)
+               VALUES ($1, sha256(gen_random_uuid()::text::bytea), '{topup}', clock_timestamp())
+               ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id""",
+            SEED_KEY_NAME,
+        )
+    for user_id, funding in SEED_FUNDING.items():
+        await ensure_user(conn, user_id, user_id.capitalize())
+        for asset, amount in funding.items():
+            movement = Movement(KINDS["topup"], user_id, asset, amount, "Welcome credits", {"source": "seed"})
+            caller = Caller(seed_key_id, SEED_KEY_NAME, uuid.uuid4())
+            await post_on(conn, caller, f"seed:{user_id}:{asset}", movement)
