@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.conftest import Keys
-from tests.test_contract import MOVEMENT_PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
+from tests.support import PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
 
 SYSTEM_SIDE = {"topup": "system:treasury", "bonus": "system:bonus_pool", "purchase": "system:revenue"}
 USER_SIGN = {"topup": 1, "bonus": 1, "purchase": -1}
@@ -403,7 +403,7 @@ async def test_batch_item_key_replays_as_a_single_post(
 
     for operation, tx in zip(operations, created, strict=True):
         response = await client.post(
-            MOVEMENT_PATHS[operation["type"]],
+            PATHS[operation["type"]],
             json={"user_id": user, "asset": "GOLD", "amount": operation["amount"]},
             headers={**api_keys.headers("admin"), "Idempotency-Key": operation["idempotency_key"]},
         )
