@@ -1,5 +1,5 @@
 """What the test files share: unique ids, the movement paths, assertions on problems, transactions and the books,
-request helpers, and a few database helpers. Fixtures stay in conftest.py.
+request helpers, a free port, and a few database helpers. Fixtures stay in conftest.py.
 """
 
 from __future__ import annotations
@@ -172,14 +172,14 @@ async def create_user(client: httpx.AsyncClient, keys: Keys, prefix: str = "u", 
     return user_id
 
 
+# Servers and databases ---------------------------------------------------------------------------------------------
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-# The database ------------------------------------------------------------------------------------------------------
 
 
 def with_database(url: str, name: str) -> str:
