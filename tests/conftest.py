@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,13 +16,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.support import create_user, execute_alone, free_port, with_database
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -32,11 +31,7 @@ from wallet.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 WALLET = str(Path(sys.executable).with_name("wallet"))
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
+_free_port = free_port  # tests/test_cli.py imports it from here
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +57,13 @@ def server_url() -> Iterator[str]:
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh database, migrated and seeded, dropped at the end of the session."""
     name = f"wallet_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = _with_database(server_url, name)
+    asyncio.run(execute_alone(server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(server_url, name)
     try:
         migrate(url)
         yield url
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(execute_alone(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -146,16 +133,10 @@ async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[ht
         yield http
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
     """A real `wallet serve` process (two workers) on the test database; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="wallet-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [WALLET, "serve", "--port", str(port), "--workers", "2"],
@@ -192,7 +173,4 @@ def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
 @pytest.fixture
 async def new_user(client: httpx.AsyncClient, api_keys: Keys) -> str:
     """A user of this test only, with a zero balance in every asset."""
-    user_id = f"u-{uuid.uuid4().hex[:12]}"
-    response = await client.put(f"/v1/users/{user_id}", headers=api_keys.headers("admin"))
-    assert response.status_code == 201, response.text
-    return user_id
+    return await create_user(client, api_keys)

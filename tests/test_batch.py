@@ -16,21 +16,21 @@ import orjson
 import pytest
 
 from tests.conftest import Keys
-from tests.test_contract import MOVEMENT_PATHS, PROBLEM, TIMESTAMP, TRANSACTION_FIELDS
-
-SYSTEM_SIDE = {"topup": "system:treasury", "bonus": "system:bonus_pool", "purchase": "system:revenue"}
-USER_SIGN = {"topup": 1, "bonus": 1, "purchase": -1}
-
+from tests.support import (
+    PATHS,
+    SYSTEM_SIDE,
+    TIMESTAMP,
+    TRANSACTION_FIELDS,
+    USER_SIGN,
+    assert_problem,
+    assert_problem_document,
+    create_user,
+    idem,
+    media_type,
+    move,
+)
 
 # Helpers ---------------------------------------------------------------------------------------------------------
-
-
-def idem() -> str:
-    return f"b-{uuid.uuid4().hex}"
-
-
-def media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").split(";", 1)[0].strip()
 
 
 def op(kind: str, user_id: str, amount: Any, key: str | None = None, asset: str = "GOLD", **extra: Any) -> dict:
@@ -58,22 +58,6 @@ def batch(*operations: dict, atomic: bool | None = None) -> dict:
     if atomic is not None:
         body["atomic"] = atomic
     return body
-
-
-def assert_problem_document(body: dict[str, Any], status: int, code: str) -> dict[str, Any]:
-    for field in ("type", "title", "detail", "code"):
-        assert isinstance(body.get(field), str), (field, body)
-        assert body[field], (field, body)
-    assert body["status"] == status, body
-    assert body["code"] == code, body
-    return body
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert media_type(response) == PROBLEM, response.headers
-    assert response.headers.get("x-request-id"), response.headers
-    return assert_problem_document(response.json(), status, code)
 
 
 def results_of(response: httpx.Response, count: int) -> list[dict[str, Any]]:
@@ -122,22 +106,11 @@ def assert_failed(result: dict[str, Any], status: int, code: str, replayed: bool
 
 
 async def create_users(client: httpx.AsyncClient, keys: Keys, count: int) -> list[str]:
-    async def one() -> str:
-        user_id = f"bt-{uuid.uuid4().hex[:12]}"
-        response = await client.put(f"/v1/users/{user_id}", headers=keys.headers("admin"))
-        assert response.status_code == 201, response.text
-        return user_id
-
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    return list(await asyncio.gather(*(create_user(client, keys, "bt") for _ in range(count))))
 
 
 async def topup(client: httpx.AsyncClient, keys: Keys, user_id: str, amount: int, asset: str = "GOLD") -> None:
-    response = await client.post(
-        "/v1/topups",
-        json={"user_id": user_id, "asset": asset, "amount": amount},
-        headers={**keys.headers("admin"), "Idempotency-Key": idem()},
-    )
-    assert response.status_code == 201, response.text
+    await move(client, keys, "topup", user_id, amount, asset)
 
 
 async def balances(db: asyncpg.Connection, users: list[str], asset: str = "GOLD") -> dict[str, int]:
@@ -403,7 +376,7 @@ async def test_batch_item_key_replays_as_a_single_post(
 
     for operation, tx in zip(operations, created, strict=True):
         response = await client.post(
-            MOVEMENT_PATHS[operation["type"]],
+            PATHS[operation["type"]],
             json={"user_id": user, "asset": "GOLD", "amount": operation["amount"]},
             headers={**api_keys.headers("admin"), "Idempotency-Key": operation["idempotency_key"]},
         )

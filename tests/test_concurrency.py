@@ -5,7 +5,6 @@ Every test uses its own users, so the counts it checks in the database are its o
 
 import asyncio
 import random
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,9 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Keys
-
-PATHS = {"topup": "/v1/topups", "bonus": "/v1/bonuses", "purchase": "/v1/purchases"}
-SYSTEM_SIDE = {"topup": "system:treasury", "bonus": "system:bonus_pool", "purchase": "system:revenue"}
+from tests.support import PATHS, SYSTEM_SIDE, assert_books_balance, balance, create_user, new_id, post
 
 
 @pytest.fixture
@@ -28,28 +25,11 @@ async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-async def create_user(http: httpx.AsyncClient, keys: Keys) -> str:
-    user_id = unique("cc")
-    response = await http.put(f"/v1/users/{user_id}", headers=keys.headers("admin"))
-    assert response.status_code == 201, response.text
-    return user_id
-
-
 async def move(
     http: httpx.AsyncClient, keys: Keys, kind: str, body: dict[str, Any], key: str | None = None
 ) -> httpx.Response:
-    headers = {**keys.headers(kind), "Idempotency-Key": key or unique(kind)}
-    return await http.post(PATHS[kind], json=body, headers=headers)
-
-
-async def balance(http: httpx.AsyncClient, keys: Keys, user_id: str, asset: str) -> int:
-    response = await http.get(f"/v1/users/{user_id}/balances/{asset}", headers=keys.headers("read"))
-    assert response.status_code == 200, response.text
-    return int(response.json()["balance"])
+    """Sent with the key of the kind's own scope; the response, whatever it is."""
+    return await post(http, keys, PATHS[kind], body, key or new_id(kind), scope=kind)
 
 
 async def system_balances(db: asyncpg.Connection) -> dict[tuple[str, str], int]:
@@ -58,9 +38,8 @@ async def system_balances(db: asyncpg.Connection) -> dict[tuple[str, str], int]:
 
 
 async def assert_ledger_sums_to_zero(db: asyncpg.Connection) -> None:
-    rows = await db.fetch("SELECT asset, sum(balance)::bigint AS total FROM account_balances GROUP BY asset")
-    assert rows, "no account at all"
-    assert {row["asset"]: row["total"] for row in rows} == {row["asset"]: 0 for row in rows}
+    """The books balance, and no user's balance is below zero."""
+    await assert_books_balance(db)
     negative = await db.fetch("SELECT name, asset, balance FROM account_balances WHERE kind = 'user' AND balance < 0")
     assert negative == []
 
@@ -125,7 +104,7 @@ async def test_parallel_requests_with_one_key_write_once(
     http: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection
 ):
     user_id = await create_user(http, api_keys)
-    key = unique("same")
+    key = new_id("same")
     body = {"user_id": user_id, "asset": "DIAMOND", "amount": 7, "description": "race", "metadata": {"n": 1}}
     responses = await asyncio.gather(*(move(http, api_keys, "topup", body, key) for _ in range(30)))
 
@@ -152,7 +131,7 @@ async def test_parallel_requests_with_one_key_and_different_bodies(
     http: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection
 ):
     user_id = await create_user(http, api_keys)
-    key = unique("mixed")
+    key = new_id("mixed")
     # Amounts 1..5, each sent 6 times: a request identical to the winner replays, the others are refused.
     bodies = [{"user_id": user_id, "asset": "GOLD", "amount": 1 + i % 5} for i in range(30)]
     responses = await asyncio.gather(*(move(http, api_keys, "topup", body, key) for body in bodies))
@@ -234,7 +213,7 @@ async def test_crossing_topups_and_purchases_keep_every_balance_exact(
 
 
 async def test_parallel_creation_of_one_user(http: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection):
-    user_id = unique("same-user")
+    user_id = new_id("same-user")
     responses = await asyncio.gather(
         *(http.put(f"/v1/users/{user_id}", headers=api_keys.headers("admin")) for _ in range(20))
     )

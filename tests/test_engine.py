@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.support import new_id, stored_balance
 from wallet import ledger
 from wallet.config import Settings
 from wallet.database import connect
@@ -34,12 +35,8 @@ async def rolled_back(db: asyncpg.Connection, isolation: str | None = None) -> A
         await transaction.rollback()
 
 
-def uid(prefix: str = "e") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 async def new_user(db: asyncpg.Connection, prefix: str = "e") -> str:
-    user_id = uid(prefix)
+    user_id = new_id(prefix)
     created, _ = await ledger.ensure_user(db, user_id, None)
     assert created
     return user_id
@@ -72,12 +69,6 @@ async def fund(db: asyncpg.Connection, user_id: str, amount: int, asset: str = "
     assert row["error_code"] is None, row
     posted_id: int = row["posted_id"]
     return posted_id
-
-
-async def stored_balance(db: asyncpg.Connection, account: str, asset: str = "GOLD") -> int:
-    value = await db.fetchval("SELECT balance FROM account_balances WHERE name = $1 AND asset = $2", account, asset)
-    assert value is not None, account
-    return int(value)
 
 
 async def counts(db: asyncpg.Connection) -> dict[str, int]:
@@ -207,7 +198,7 @@ async def test_unknown_system_account_raises(db: asyncpg.Connection) -> None:
 
 
 async def test_unknown_user_returns_user_not_found_and_writes_nothing(db: asyncpg.Connection) -> None:
-    ghost = uid("ghost")
+    ghost = new_id("ghost")
     async with db.transaction(isolation="repeatable_read"):
         before = await counts(db)
         row = await post(db, [(f"user:{ghost}", 10), ("system:treasury", -10)], type_="topup", user_id=ghost)

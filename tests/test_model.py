@@ -1,7 +1,6 @@
 """Model-based test: Hypothesis drives a real `wallet serve` process with random top-ups, bonuses, purchases,
 replays and reused idempotency keys, and checks every answer and every balance against an in-memory model."""
 
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,14 +18,11 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import Keys
+from tests.support import PATHS, SYSTEM_SIDE, USER_SIGN, idem, new_id
 
 ASSETS = ("GOLD", "DIAMOND", "LOYALTY")
 # kind -> (path, sign of the user's leg, system account on the other side)
-KINDS: dict[str, tuple[str, int, str]] = {
-    "topup": ("/v1/topups", 1, "system:treasury"),
-    "bonus": ("/v1/bonuses", 1, "system:bonus_pool"),
-    "purchase": ("/v1/purchases", -1, "system:revenue"),
-}
+KINDS: dict[str, tuple[str, int, str]] = {kind: (PATHS[kind], USER_SIGN[kind], SYSTEM_SIDE[kind]) for kind in PATHS}
 USERS = 3
 
 descriptions = st.none() | st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20)
@@ -62,7 +58,7 @@ class WalletMachine(RuleBasedStateMachine):
     @initialize()
     def create_users(self) -> None:
         for _ in range(USERS):
-            user_id = f"m-{uuid.uuid4().hex[:12]}"
+            user_id = new_id("m")
             response = self.http.put(f"/v1/users/{user_id}", headers=self.keys.headers("admin"))
             assert response.status_code == 201, response.text
             self.users.append(user_id)
@@ -79,7 +75,7 @@ class WalletMachine(RuleBasedStateMachine):
         body: dict[str, Any] = {"user_id": user_id, "asset": asset, "amount": amount, "metadata": meta}
         if description is not None:
             body["description"] = description
-        key = f"k-{uuid.uuid4().hex}"
+        key = idem()
         response = self.post(kind, key, body)
         assert "idempotent-replayed" not in response.headers
         _, sign, system_account = KINDS[kind]
@@ -135,8 +131,8 @@ class WalletMachine(RuleBasedStateMachine):
 
     @rule(kind=st.sampled_from(sorted(KINDS)), asset=st.sampled_from(ASSETS), amount=st.integers(1, 100))
     def unknown_user(self, kind: str, asset: str, amount: int) -> None:
-        key = f"k-{uuid.uuid4().hex}"
-        body = {"user_id": f"ghost-{uuid.uuid4().hex[:12]}", "asset": asset, "amount": amount}
+        key = idem()
+        body = {"user_id": new_id("ghost"), "asset": asset, "amount": amount}
         response = self.post(kind, key, body)
         assert response.status_code == 404, response.text
         assert response.json()["code"] == "user_not_found"

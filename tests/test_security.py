@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Route
 
 from tests.conftest import Keys, in_process
+from tests.support import free_port, idem
 from wallet import keys
 from wallet.config import Settings
 from wallet.http.app import create_app
@@ -204,7 +205,7 @@ def _assert_no_leak(response: httpx.Response, *secrets: str) -> None:
 
 async def _error_requests(http: httpx.AsyncClient, headers: dict[str, str]) -> list[httpx.Response]:
     def post(path: str, body: Any, key: str | bytes | None = None, **extra: str) -> Any:
-        hdrs = {**headers, "Idempotency-Key": key or uuid.uuid4().hex, **extra}
+        hdrs = {**headers, "Idempotency-Key": key or idem(), **extra}
         if isinstance(body, bytes):
             return http.post(path, content=body, headers={"Content-Type": "application/json", **hdrs})
         return http.post(path, json=body, headers=hdrs)
@@ -259,9 +260,7 @@ async def test_a_huge_cursor_is_a_validation_error(secure: App, api_keys: Keys) 
 
 async def test_an_unreachable_database_leaks_neither_url_nor_password(settings: Settings) -> None:
     password = "pw-" + uuid.uuid4().hex
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens there
+    port = free_port()  # nothing listens there
     url = f"postgresql://wallet:{password}@127.0.0.1:{port}/wallet"
     with captured_logs() as lines:
         app = create_app(settings.model_copy(update={"database_url": url}), url)

@@ -1,0 +1,223 @@
+"""What the test files share: unique ids, the movement paths, assertions on problems, transactions and the books,
+request helpers, a free port, and a few database helpers. Fixtures stay in conftest.py.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+from wallet.kinds import KINDS
+
+if TYPE_CHECKING:
+    from tests.conftest import Keys
+
+# The service's registry of posting kinds, as the tests use it: each kind's route, the other side of its
+# posting, and the sign of the user's entry.
+PATHS = {kind.type: kind.path for kind in KINDS.values()}
+SYSTEM_SIDE = {kind.type: f"system:{kind.system_account}" for kind in KINDS.values()}
+USER_SIGN = {kind.type: kind.direction for kind in KINDS.values()}
+
+PROBLEM = "application/problem+json"
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+TRANSACTION_FIELDS = {
+    "id",
+    "type",
+    "status",
+    "user_id",
+    "asset",
+    "amount",
+    "balance_after",
+    "description",
+    "metadata",
+    "entries",
+    "created_at",
+}
+
+
+# Unique ids --------------------------------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    """`prefix-` and 12 random hex digits: a user id (or key name) no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def fresh_id() -> str:
+    """A user id that nobody has created."""
+    return new_id("c")
+
+
+def idem() -> str:
+    """A new Idempotency-Key."""
+    return f"k-{uuid.uuid4().hex}"
+
+
+# Assertions --------------------------------------------------------------------------------------------------------
+
+
+def media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";", 1)[0].strip()
+
+
+def assert_problem_document(body: dict[str, Any], status: int, code: str) -> dict[str, Any]:
+    """An RFC 9457 problem document with this status and code: a response's body, or a batch item's `problem`."""
+    for field in ("type", "title", "detail", "code"):
+        assert isinstance(body.get(field), str), (field, body)
+        assert body[field], (field, body)
+    assert body["status"] == status, body
+    assert body["code"] == code, body
+    return body
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is an RFC 9457 problem document with this status and code."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert media_type(response) == PROBLEM, response.headers
+    assert response.headers.get("x-request-id"), response.headers
+    return assert_problem_document(response.json(), status, code)
+
+
+def error_locations(body: dict[str, Any]) -> set[str]:
+    """Every name that appears in the `loc` of the problem's `errors`."""
+    assert isinstance(body.get("errors"), list), body
+    assert body["errors"], body
+    return {str(part) for error in body["errors"] for part in error["loc"]}
+
+
+def assert_validation_error(response: httpx.Response, field: str | None = None) -> dict[str, Any]:
+    body = assert_problem(response, 422, "validation_error")
+    locations = error_locations(body)
+    if field is not None:
+        assert field in locations, (field, body["errors"])
+    return body
+
+
+def assert_transaction(body: dict[str, Any]) -> None:
+    assert set(body) == TRANSACTION_FIELDS, body
+    assert isinstance(body["id"], str), body
+    assert body["id"], body
+    assert body["status"] == "posted"
+    assert TIMESTAMP.fullmatch(body["created_at"]), body["created_at"]
+    assert isinstance(body["amount"], int)
+    assert sum(entry["amount"] for entry in body["entries"]) == 0, body["entries"]
+    for entry in body["entries"]:
+        assert set(entry) == {"account", "amount"}
+        assert isinstance(entry["amount"], int)
+
+
+async def assert_books_balance(db: asyncpg.Connection) -> None:
+    """The trial balance, read from one snapshot: for every asset the balances of all accounts (users and system
+    accounts together) sum to 0, and so do each transaction's entries."""
+    async with db.transaction(isolation="repeatable_read", readonly=True):
+        totals = await db.fetch("SELECT asset, sum(balance) AS total FROM account_balances GROUP BY asset")
+        assert totals, "no account at all"
+        assert {row["asset"]: row["total"] for row in totals if row["total"] != 0} == {}
+
+        unbalanced = await db.fetch(
+            "SELECT transaction_id, sum(amount) AS total FROM entries GROUP BY transaction_id HAVING sum(amount) <> 0"
+        )
+        assert [dict(row) for row in unbalanced] == []
+
+
+# Requests ----------------------------------------------------------------------------------------------------------
+
+
+def movement(user_id: str, amount: Any = 100, asset: str = "GOLD", **extra: Any) -> dict[str, Any]:
+    return {"user_id": user_id, "asset": asset, "amount": amount, **extra}
+
+
+def post(
+    client: httpx.AsyncClient,
+    keys: Keys,
+    path: str,
+    body: Any,
+    key: str | None = None,
+    scope: str = "admin",
+    **headers: str,
+) -> Awaitable[httpx.Response]:
+    all_headers = {**keys.headers(scope), **headers}
+    if key is not None:
+        all_headers["Idempotency-Key"] = key
+    return client.post(path, json=body, headers=all_headers)
+
+
+async def move(
+    client: httpx.AsyncClient, keys: Keys, kind: str, user_id: str, amount: int, asset: str = "GOLD"
+) -> dict[str, Any]:
+    """A movement of this kind with a new key and the admin key, which must be posted (201): the transaction."""
+    response = await post(client, keys, PATHS[kind], movement(user_id, amount, asset), idem())
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def balance(client: httpx.AsyncClient, keys: Keys, user_id: str, asset: str = "GOLD") -> int:
+    response = await client.get(f"/v1/users/{user_id}/balances/{asset}", headers=keys.headers("read"))
+    assert response.status_code == 200, response.text
+    value: int = response.json()["balance"]
+    return value
+
+
+async def create_user(client: httpx.AsyncClient, keys: Keys, prefix: str = "u", **fields: Any) -> str:
+    """A new user (PUT with `fields` as the body, when there are any), which must be created (201): its id."""
+    user_id = new_id(prefix)
+    response = await client.put(f"/v1/users/{user_id}", json=fields or None, headers=keys.headers("admin"))
+    assert response.status_code == 201, response.text
+    return user_id
+
+
+# Servers and databases ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server's URL, for the database `name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def execute_alone(url: str, sql: str) -> None:
+    """One statement on a connection of its own, outside any transaction (as CREATE and DROP DATABASE need)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def stored_balance(db: asyncpg.Connection, account: str, asset: str = "GOLD") -> int:
+    """An account's balance as the database has it (account_balances: stored balance plus pending deltas)."""
+    value = await db.fetchval("SELECT balance FROM account_balances WHERE name = $1 AND asset = $2", account, asset)
+    assert value is not None, (account, asset)
+    return int(value)
+
+
+async def ledger_counts(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
+    row = await db.fetchrow(
+        """SELECT (SELECT count(*) FROM transactions) AS transactions,
+                  (SELECT count(*) FROM entries) AS entries,
+                  (SELECT count(*) FROM transactions WHERE user_id = $1) AS user_transactions,
+                  (SELECT coalesce(sum(balance), 0) FROM accounts WHERE user_id = $1) AS user_total""",
+        user_id,
+    )
+    assert row is not None
+    return {name: int(value) for name, value in row.items()}
+
+
+async def stored_keys(db: asyncpg.Connection, key: str) -> int:
+    """How many idempotency records hold this key (one per API key that used it)."""
+    return int(await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", key))
