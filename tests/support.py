@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -221,3 +221,29 @@ async def ledger_counts(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
 async def stored_keys(db: asyncpg.Connection, key: str) -> int:
     """How many idempotency records hold this key (one per API key that used it)."""
     return int(await db.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", key))
+
+
+async def post_legs(
+    db: asyncpg.Connection,
+    legs: Sequence[tuple[str, int]],
+    *,
+    asset: str = "GOLD",
+    type_: str = "transfer",
+    user_id: str | None = None,
+    amount: int | None = None,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    key_name: str = "engine-test",
+) -> asyncpg.Record:
+    """The posting engine called directly: `wallet_post()` with these legs, all in `asset`. The record has the
+    transaction id (`transaction_id`) or the problem (`problem`: code and detail)."""
+    accounts = [account for account, _ in legs]
+    amounts = [value for _, value in legs]
+    if amount is None:
+        amount = max((abs(value) for value in amounts), default=1) or 1
+    posting = (type_, user_id, asset, amount, description, metadata, accounts, [asset] * len(legs), amounts)
+    row = await db.fetchrow(
+        "SELECT transaction_id, problem FROM wallet_post($1::wallet_posting, $2, NULL)", posting, key_name
+    )
+    assert row is not None
+    return row

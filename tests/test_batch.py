@@ -29,6 +29,7 @@ from tests.support import (
     media_type,
     move,
 )
+from wallet.errors import CODES
 
 # Helpers ---------------------------------------------------------------------------------------------------------
 
@@ -147,9 +148,12 @@ async def snapshot(db: asyncpg.Connection, users: list[str], keys: list[str]) ->
 
 
 async def stored(db: asyncpg.Connection, keys: list[str]) -> dict[str, int | None]:
-    """Status of each key's idempotency record (absent keys are missing from the result)."""
-    rows = await db.fetch("SELECT key, status FROM idempotency_keys WHERE key = ANY($1)", keys)
-    return {row["key"]: row["status"] for row in rows}
+    """Status of each key's idempotency record (absent keys are missing from the result): 201 for a transaction,
+    the status of the problem's code for a recorded failure."""
+    rows = await db.fetch(
+        "SELECT key, transaction_id, problem->>'code' AS code FROM idempotency_keys WHERE key = ANY($1)", keys
+    )
+    return {row["key"]: 201 if row["transaction_id"] else CODES[row["code"]][0] for row in rows}
 
 
 async def user_transactions(db: asyncpg.Connection, users: list[str]) -> dict[str, int]:

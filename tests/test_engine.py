@@ -1,26 +1,28 @@
-"""The posting engine alone: wallet_post(), account_deltas and wallet_rollup(), called through SQL.
+"""The posting engine alone: wallet_post() and the stripes of system accounts, called through SQL.
 
-The engine accepts any balanced set of legs on one asset. Tests that only read or that must not persist run in a
+The engine accepts any balanced set of legs. Tests that only read or that must not persist run in a
 transaction that is rolled back; tests that commit write balanced postings on their own users, so the ledger
 stays consistent for the `wallet verify` that runs at the end of the session.
 """
 
-import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
-from tests.support import new_id, stored_balance
+from tests.conftest import Keys
+from tests.support import new_id, post_legs, stored_balance
 from wallet import ledger
 from wallet.config import Settings
 from wallet.database import connect
 from wallet.kinds import SYSTEM_ACCOUNTS
+from wallet.render import public_id
 
-POST_SQL = "SELECT posted_id, error_code, error_detail FROM wallet_post($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 KEY_NAME = "engine-test"
 
 
@@ -42,39 +44,34 @@ async def new_user(db: asyncpg.Connection, prefix: str = "e") -> str:
     return user_id
 
 
-async def post(
-    db: asyncpg.Connection,
-    legs: Sequence[tuple[str, int]],
-    *,
-    asset: str = "GOLD",
-    type_: str = "transfer",
-    user_id: str | None = None,
-    amount: int | None = None,
-    description: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> asyncpg.Record:
-    accounts = [account for account, _ in legs]
-    amounts = [value for _, value in legs]
-    if amount is None:
-        amount = max((abs(value) for value in amounts), default=1) or 1
-    row = await db.fetchrow(POST_SQL, type_, asset, user_id, amount, accounts, amounts, description, metadata, KEY_NAME)
-    assert row is not None
-    return row
+@dataclass(frozen=True)
+class Posted:
+    """What wallet_post() returned: the transaction, or the problem's code and detail."""
+
+    transaction_id: int | None
+    code: str | None
+    detail: str | None
+
+
+async def post(db: asyncpg.Connection, legs: Sequence[tuple[str, int]], **fields: Any) -> Posted:
+    row = await post_legs(db, legs, key_name=KEY_NAME, **fields)
+    problem = row["problem"] or {}
+    return Posted(row["transaction_id"], problem.get("code"), problem.get("detail"))
 
 
 async def fund(db: asyncpg.Connection, user_id: str, amount: int, asset: str = "GOLD") -> int:
     row = await post(
         db, [(f"user:{user_id}", amount), ("system:treasury", -amount)], asset=asset, type_="topup", user_id=user_id
     )
-    assert row["error_code"] is None, row
-    posted_id: int = row["posted_id"]
-    return posted_id
+    assert row.code is None, row
+    assert row.transaction_id is not None
+    return row.transaction_id
 
 
 async def counts(db: asyncpg.Connection) -> dict[str, int]:
     row = await db.fetchrow(
         """SELECT (SELECT count(*) FROM transactions) AS transactions, (SELECT count(*) FROM entries) AS entries,
-                  (SELECT count(*) FROM account_deltas) AS deltas"""
+                  (SELECT sum(balance) FROM account_stripes) AS stripes"""
     )
     assert row is not None
     return {name: int(value) for name, value in row.items()}
@@ -92,7 +89,7 @@ async def entries_of(db: asyncpg.Connection, posted_id: int) -> list[tuple[str, 
 # Balanced postings --------------------------------------------------------------------------------------------------
 
 
-async def test_three_leg_transfer_is_posted(db: asyncpg.Connection) -> None:
+async def test_three_leg_transfer_is_posted(db: asyncpg.Connection, client: httpx.AsyncClient, api_keys: Keys) -> None:
     """A pays 300: B receives 270 and revenue keeps a 30 fee. One transaction, three entries summing to 0."""
     payer, payee = await new_user(db), await new_user(db)
     await fund(db, payer, 1000)
@@ -106,9 +103,9 @@ async def test_three_leg_transfer_is_posted(db: asyncpg.Connection) -> None:
         description="gift with fee",
         metadata={"fee": 30},
     )
-    assert row["error_code"] is None, row
-    assert row["error_detail"] is None
-    posted_id = row["posted_id"]
+    assert row.code is None, row
+    assert row.detail is None
+    posted_id = row.transaction_id
     assert isinstance(posted_id, int)
 
     assert await entries_of(db, posted_id) == [
@@ -125,7 +122,8 @@ async def test_three_leg_transfer_is_posted(db: asyncpg.Connection) -> None:
     assert await stored_balance(db, f"user:{payee}") == 270
     assert await stored_balance(db, "system:revenue") == revenue_before + 30
 
-    rendered = await db.fetchval("SELECT wallet_transaction_json($1)::jsonb", posted_id)
+    fetched = await client.get(f"/v1/transactions/{public_id(posted_id)}", headers=api_keys.headers("read"))
+    rendered = fetched.json()
     assert rendered["balance_after"] == 700
     assert rendered["entries"] == [
         {"account": f"user:{payer}", "amount": -300},
@@ -138,8 +136,8 @@ async def test_user_to_user_transfer_without_system_leg(db: asyncpg.Connection) 
     a, b = await new_user(db), await new_user(db)
     await fund(db, a, 50, "DIAMOND")
     row = await post(db, [(f"user:{b}", 20), (f"user:{a}", -20)], asset="DIAMOND", user_id=a)
-    assert row["error_code"] is None, row
-    assert await entries_of(db, row["posted_id"]) == [
+    assert row.code is None, row
+    assert await entries_of(db, row.transaction_id) == [
         ("user", f"user:{b}", 20, 20),
         ("user", f"user:{a}", -20, 30),
     ]
@@ -149,8 +147,8 @@ async def test_a_user_can_spend_exactly_the_whole_balance(db: asyncpg.Connection
     user_id = await new_user(db)
     await fund(db, user_id, 40)
     row = await post(db, [(f"user:{user_id}", -40), ("system:revenue", 40)], type_="purchase", user_id=user_id)
-    assert row["error_code"] is None, row
-    assert await entries_of(db, row["posted_id"]) == [
+    assert row.code is None, row
+    assert await entries_of(db, row.transaction_id) == [
         ("user", f"user:{user_id}", -40, 0),
         ("system", "system:revenue", 40, None),
     ]
@@ -183,8 +181,10 @@ async def test_malformed_legs_raise_wl900(
     await fund(db, user_id, 1000)
     named = None if accounts is None else [a.format(u=f"user:{user_id}") for a in accounts]
     before = await stored_balance(db, f"user:{user_id}")
+    assets = None if named is None else ["GOLD"] * len(named)
+    posting = ("transfer", user_id, "GOLD", 100, None, None, named, assets, amounts)
     with pytest.raises(asyncpg.PostgresError) as raised:
-        await db.fetchrow(POST_SQL, "transfer", "GOLD", user_id, 100, named, amounts, None, None, KEY_NAME)
+        await db.fetchrow("SELECT * FROM wallet_post($1::wallet_posting, $2, NULL)", posting, KEY_NAME)
     assert raised.value.sqlstate == "WL900", raised.value
     assert await stored_balance(db, f"user:{user_id}") == before
 
@@ -202,9 +202,9 @@ async def test_unknown_user_returns_user_not_found_and_writes_nothing(db: asyncp
     async with db.transaction(isolation="repeatable_read"):
         before = await counts(db)
         row = await post(db, [(f"user:{ghost}", 10), ("system:treasury", -10)], type_="topup", user_id=ghost)
-        assert row["posted_id"] is None
-        assert row["error_code"] == "user_not_found"
-        assert ghost in row["error_detail"]
+        assert row.transaction_id is None
+        assert row.code == "user_not_found"
+        assert ghost in row.detail
         assert await counts(db) == before
 
 
@@ -213,8 +213,8 @@ async def test_unknown_asset_returns_asset_not_found_and_writes_nothing(db: asyn
     async with db.transaction(isolation="repeatable_read"):
         before = await counts(db)
         row = await post(db, [(f"user:{user_id}", 10), ("system:treasury", -10)], asset="NOPE", user_id=user_id)
-        assert row["posted_id"] is None
-        assert row["error_code"] == "asset_not_found"
+        assert row.transaction_id is None
+        assert row.code == "asset_not_found"
         assert await counts(db) == before
 
 
@@ -224,10 +224,10 @@ async def test_insufficient_funds_returns_the_error_and_writes_nothing(db: async
     async with db.transaction(isolation="repeatable_read"):
         before = await counts(db)
         row = await post(db, [(f"user:{user_id}", -101), ("system:revenue", 101)], type_="purchase", user_id=user_id)
-        assert row["posted_id"] is None
-        assert row["error_code"] == "insufficient_funds"
-        assert "100" in row["error_detail"]
-        assert "101" in row["error_detail"]
+        assert row.transaction_id is None
+        assert row.code == "insufficient_funds"
+        assert "100" in row.detail
+        assert "101" in row.detail
         assert await counts(db) == before
         assert await stored_balance(db, f"user:{user_id}") == 100
 
@@ -239,8 +239,8 @@ async def test_insufficient_funds_on_one_leg_refuses_every_leg(db: asyncpg.Conne
     async with db.transaction(isolation="repeatable_read"):
         before = await counts(db)
         row = await post(db, [(f"user:{payee}", 140), ("system:revenue", 10), (f"user:{payer}", -150)], user_id=payer)
-        assert row["error_code"] == "insufficient_funds", row
-        assert f"user:{payer}" in row["error_detail"]
+        assert row.code == "insufficient_funds", row
+        assert f"user:{payer}" in row.detail
         assert await counts(db) == before
     assert await stored_balance(db, f"user:{payer}") == 100
     assert await stored_balance(db, f"user:{payee}") == 0
@@ -248,28 +248,27 @@ async def test_insufficient_funds_on_one_leg_refuses_every_leg(db: asyncpg.Conne
 
 async def test_balance_limit_exceeded(db: asyncpg.Connection) -> None:
     user_id = await new_user(db)
-    # Repeatable read: the background rollup deleting deltas meanwhile must not change what we count.
     async with rolled_back(db, isolation="repeatable_read"):
         await fund(db, user_id, 10**18)
         before = await counts(db)
         row = await post(db, [(f"user:{user_id}", 1), ("system:treasury", -1)], user_id=user_id)
-        assert row["error_code"] == "balance_limit_exceeded", row
+        assert row.code == "balance_limit_exceeded", row
         assert await counts(db) == before
 
 
-# Balances after, system legs, rollup ------------------------------------------------------------------------------
+# Balances after, system legs, stripes ------------------------------------------------------------------------------
 
 
 async def test_balance_after_on_user_entries_only(db: asyncpg.Connection) -> None:
     user_id = await new_user(db)
     posted = [
         await fund(db, user_id, 500),
-        (await post(db, [("system:revenue", 120), (f"user:{user_id}", -120)], type_="purchase", user_id=user_id))[
-            "posted_id"
-        ],
-        (await post(db, [(f"user:{user_id}", 7), ("system:bonus_pool", -7)], type_="bonus", user_id=user_id))[
-            "posted_id"
-        ],
+        (
+            await post(db, [("system:revenue", 120), (f"user:{user_id}", -120)], type_="purchase", user_id=user_id)
+        ).transaction_id,
+        (
+            await post(db, [(f"user:{user_id}", 7), ("system:bonus_pool", -7)], type_="bonus", user_id=user_id)
+        ).transaction_id,
     ]
     expected_after = [500, 380, 387]
     for posted_id, after in zip(posted, expected_after, strict=True):
@@ -279,79 +278,83 @@ async def test_balance_after_on_user_entries_only(db: asyncpg.Connection) -> Non
     assert await stored_balance(db, f"user:{user_id}") == 387
 
 
-async def _lock_probe(other: asyncpg.Connection, account: str, asset: str = "GOLD") -> bool:
-    """True when `other` can lock the account row right now (nobody holds a conflicting lock)."""
+async def _lockable(other: asyncpg.Connection, sql: str, *args: Any) -> bool:
+    """True when `other` can lock the rows `sql` selects right now (nobody holds a conflicting lock)."""
     try:
         async with other.transaction():
-            await other.execute(
-                "SELECT 1 FROM accounts WHERE name = $1 AND asset = $2 FOR UPDATE NOWAIT", account, asset
-            )
+            await other.execute(sql + " FOR UPDATE NOWAIT", *args)
     except asyncpg.LockNotAvailableError:
         return False
     return True
 
 
-async def test_system_legs_go_to_deltas_and_lock_nothing(
+async def test_system_legs_go_to_a_stripe_and_lock_nothing_else(
     db: asyncpg.Connection, database_url: str, settings: Settings
 ) -> None:
-    """While a top-up is uncommitted, its user account is locked but the treasury row is not: the treasury's side
-    is an appended delta, and its stored balance is untouched."""
+    """While a top-up is uncommitted, its user account and one stripe of the treasury (this connection's) are
+    locked; the treasury's account row and its other stripes are not, so other requests go on."""
     user_id = await new_user(db)
     other = await connect(database_url, settings)
     try:
         async with rolled_back(db, "repeatable_read"):
-            treasury_id, stored_before = await db.fetchrow(
-                "SELECT id, balance FROM accounts WHERE name = 'system:treasury' AND asset = 'GOLD'"
-            )
-            deltas_before = await db.fetchval(
-                "SELECT count(*) FROM account_deltas WHERE account_id = $1 AND amount = -777", treasury_id
-            )
+            treasury_id = await db.fetchval("SELECT id FROM accounts WHERE name = 'system:treasury' AND asset = 'GOLD'")
+            mine = await db.fetchval("SELECT pg_backend_pid() % wallet_stripe_count()")
+            stripes_before = {
+                r["stripe"]: r["balance"]
+                for r in await db.fetch(
+                    "SELECT stripe, balance FROM account_stripes WHERE account_id = $1", treasury_id
+                )
+            }
             view_before = await stored_balance(db, "system:treasury")
 
             await fund(db, user_id, 777)
 
-            assert await db.fetchval("SELECT balance FROM accounts WHERE id = $1", treasury_id) == stored_before
-            deltas_after = await db.fetchval(
-                "SELECT count(*) FROM account_deltas WHERE account_id = $1 AND amount = -777", treasury_id
-            )
-            assert deltas_after == deltas_before + 1
+            stripes_after = {
+                r["stripe"]: r["balance"]
+                for r in await db.fetch(
+                    "SELECT stripe, balance FROM account_stripes WHERE account_id = $1", treasury_id
+                )
+            }
+            assert {
+                k: stripes_after[k] - stripes_before[k] for k in stripes_after if stripes_after[k] != stripes_before[k]
+            } == {mine: -777}
             assert await stored_balance(db, "system:treasury") == view_before - 777
 
-            assert not await _lock_probe(other, f"user:{user_id}"), "the user row should be locked"
-            # The background rollup may hold the treasury row for a moment: retry a few times.
-            for _ in range(20):
-                if await _lock_probe(other, "system:treasury"):
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the uncommitted top-up holds a lock on system:treasury")
+            assert not await _lockable(
+                other, "SELECT 1 FROM accounts WHERE name = $1 AND asset = 'GOLD'", f"user:{user_id}"
+            )
+            assert not await _lockable(
+                other, "SELECT 1 FROM account_stripes WHERE account_id = $1 AND stripe = $2", treasury_id, mine
+            )
+            assert await _lockable(other, "SELECT 1 FROM accounts WHERE id = $1", treasury_id)
+            assert await _lockable(
+                other, "SELECT 1 FROM account_stripes WHERE account_id = $1 AND stripe <> $2", treasury_id, mine
+            )
     finally:
         await other.close()
     assert await stored_balance(db, f"user:{user_id}") == 0
 
 
-async def _rollup(db: asyncpg.Connection) -> int:
-    """wallet_rollup() returns 0 when the background rollup holds its lock: try again until it runs."""
-    for _ in range(50):
-        moved = int(await db.fetchval("SELECT wallet_rollup()"))
-        if moved:
-            return moved
-        await asyncio.sleep(0.02)
-    pytest.fail("wallet_rollup() never ran")
-
-
-async def test_rollup_folds_deltas_and_keeps_balances(db: asyncpg.Connection) -> None:
-    """On a private asset (rolled back at the end): system legs wait in account_deltas, the view counts them, and
-    wallet_rollup() moves them into accounts.balance without changing any balance the view shows."""
+async def private_asset(db: asyncpg.Connection) -> str:
+    """An asset of this test only, with its system accounts, inside the caller's transaction."""
     asset = "E" + uuid.uuid4().hex[:10].upper()
+    await db.execute("INSERT INTO assets (code, name, scale) VALUES ($1, 'Engine test', 0)", asset)
+    await db.execute(
+        "SELECT wallet_system_account('system:' || s, $1) FROM unnest($2::text[]) s", asset, list(SYSTEM_ACCOUNTS)
+    )
+    return asset
+
+
+STRIPES = """SELECT a.name, count(*) AS stripes, sum(s.balance) AS balance, sum(s.room) AS room, a.balance_min
+               FROM accounts a JOIN account_stripes s ON s.account_id = a.id
+              WHERE a.asset = $1 AND a.kind = 'system' GROUP BY a.id ORDER BY a.name"""
+
+
+async def test_system_balances_are_the_sums_of_their_stripes(db: asyncpg.Connection) -> None:
+    """On a private asset (rolled back at the end): every system account has all its stripes, its balance is their
+    sum, and their rooms add up to its distance from its floor (issuers -2^61, revenue 0)."""
     async with rolled_back(db):
-        await db.execute("INSERT INTO assets (code, name, scale) VALUES ($1, 'Engine test', 0)", asset)
-        await db.execute(
-            """INSERT INTO accounts (kind, name, asset)
-               SELECT 'system', 'system:' || s, $1 FROM unnest($2::text[]) s""",
-            asset,
-            list(SYSTEM_ACCOUNTS),
-        )
+        asset = await private_asset(db)
         a, b = await new_user(db), await new_user(db)
         await fund(db, a, 1000, asset)
         for legs in (
@@ -360,50 +363,59 @@ async def test_rollup_folds_deltas_and_keeps_balances(db: asyncpg.Connection) ->
             [(f"user:{a}", -105), (f"user:{b}", 100), ("system:revenue", 5)],
         ):
             row = await post(db, legs, asset=asset, user_id=a)
-            assert row["error_code"] is None, row
+            assert row.code is None, row
 
-        system = """SELECT a.name, a.balance AS stored,
-                           (SELECT count(*) FROM account_deltas d WHERE d.account_id = a.id) AS deltas,
-                           (SELECT coalesce(sum(d.amount), 0) FROM account_deltas d WHERE d.account_id = a.id)
-                               AS pending
-                      FROM accounts a WHERE a.asset = $1 AND a.kind = 'system' ORDER BY a.name"""
         view = "SELECT name, balance FROM account_balances WHERE asset = $1 ORDER BY name"
-
-        before = [tuple(row) for row in await db.fetch(view, asset)]
-        assert dict(before) == {
+        assert dict(tuple(row) for row in await db.fetch(view, asset)) == {
             "system:bonus_pool": -200,
             "system:revenue": 305,
             "system:treasury": -1000,
             f"user:{a}": 595,
             f"user:{b}": 300,
         }
-        assert [tuple(row) for row in await db.fetch(system, asset)] == [
-            ("system:bonus_pool", 0, 1, -200),
-            ("system:revenue", 0, 2, 305),
-            ("system:treasury", 0, 1, -1000),
+        issuance_max = 2**61
+        assert [tuple(row) for row in await db.fetch(STRIPES, asset)] == [
+            ("system:bonus_pool", 64, -200, issuance_max - 200, -issuance_max),
+            ("system:revenue", 64, 305, 305, 0),
+            ("system:treasury", 64, -1000, issuance_max - 1000, -issuance_max),
         ]
 
-        assert await _rollup(db) >= 4
 
-        assert [tuple(row) for row in await db.fetch(system, asset)] == [
-            ("system:bonus_pool", -200, 0, 0),
-            ("system:revenue", 305, 0, 0),
-            ("system:treasury", -1000, 0, 0),
-        ]
-        assert [tuple(row) for row in await db.fetch(view, asset)] == before
-        assert sum(balance for _, balance in before) == 0
-    assert await db.fetchval("SELECT count(*) FROM assets WHERE code = $1", asset) == 0
-
-
-async def test_rollup_keeps_every_balance_of_the_real_ledger(db: asyncpg.Connection) -> None:
-    """The shared ledger (rolled back at the end): every account_balances row is the same before and after a
-    rollup, and no delta is left pending."""
-    user_id = await new_user(db)
-    view = "SELECT id, balance FROM account_balances ORDER BY id"
+async def test_gathering_room_moves_it_between_stripes_and_changes_no_balance(db: asyncpg.Connection) -> None:
     async with rolled_back(db):
-        await fund(db, user_id, 33)  # at least one pending delta, so the rollup has work
-        before = await db.fetch(view)
-        assert await db.fetchval("SELECT count(*) FROM account_deltas") >= 1
-        await _rollup(db)
-        assert await db.fetchval("SELECT count(*) FROM account_deltas") == 0
-        assert await db.fetch(view) == before
+        asset = await private_asset(db)
+        treasury = await db.fetchval("SELECT id FROM accounts WHERE name = 'system:treasury' AND asset = $1", asset)
+        before = [tuple(row) for row in await db.fetch(STRIPES, asset)]
+        assert await db.fetchval("SELECT wallet_stripe_gather($1, 5, $2)", treasury, 2**60)
+        rooms = {
+            r["stripe"]: r["room"]
+            for r in await db.fetch("SELECT stripe, room FROM account_stripes WHERE account_id = $1", treasury)
+        }
+        assert rooms[5] >= 2**60
+        assert len(set(room for stripe, room in rooms.items() if stripe != 5)) == 1, "the rest is spread evenly"
+        assert [tuple(row) for row in await db.fetch(STRIPES, asset)] == before
+        assert not await db.fetchval("SELECT wallet_stripe_gather($1, 5, $2)", treasury, 2**61 + 1)
+
+
+async def test_issuance_stops_at_the_supply_limit_and_writes_nothing(db: asyncpg.Connection) -> None:
+    """A private asset's treasury issues up to 2^61 and not one unit more: the posting that would pass it is
+    refused with supply_limit_exceeded, whatever stripe it lands on, and the stripes have gathered their room."""
+    async with rolled_back(db):
+        asset = await private_asset(db)
+        users = [await new_user(db) for _ in range(3)]
+        for user_id, amount in zip(users, [10**18, 10**18, 2**61 - 2 * 10**18], strict=True):
+            await fund(db, user_id, amount, asset)
+        assert await stored_balance(db, "system:treasury", asset) == -(2**61)
+        before = await counts(db)
+        row = await post(db, [(f"user:{users[0]}", -1), ("system:treasury", 1)], asset=asset, user_id=users[0])
+        assert row.code is None, "a chargeback to the treasury gives room back"
+        row = await post(db, [(f"user:{users[2]}", 2), ("system:treasury", -2)], asset=asset, user_id=users[2])
+        assert row.code == "supply_limit_exceeded", row
+        assert asset in (row.detail or "")
+        row = await post(db, [(f"user:{users[2]}", 1), ("system:treasury", -1)], asset=asset, user_id=users[2])
+        assert row.code is None, row
+        assert await stored_balance(db, "system:treasury", asset) == -(2**61)
+        row = await post(db, [(f"user:{users[2]}", 1), ("system:treasury", -1)], asset=asset, user_id=users[2])
+        assert row.code == "supply_limit_exceeded", row
+        assert (await counts(db))["transactions"] == before["transactions"] + 2
+        assert [r["room"] for r in await db.fetch(STRIPES, asset) if r["name"] == "system:treasury"] == [0]

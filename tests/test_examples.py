@@ -14,7 +14,7 @@ import httpx
 
 from tests import support
 from tests.conftest import Keys
-from tests.support import PATHS, create_user, idem, movement, post, stored_balance
+from tests.support import PATHS, create_user, idem, movement, post, post_legs, stored_balance
 from wallet import ledger
 
 
@@ -172,22 +172,19 @@ async def test_gift_between_players_with_a_fee(
     accounts = (f"user:{alice}", f"user:{bob}", "system:revenue")
     before = await balances(db, "GOLD", *accounts)
 
-    row = await db.fetchrow(
-        "SELECT posted_id, error_code FROM wallet_post($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        "gift",
-        "GOLD",
-        alice,
-        110,
-        [f"user:{alice}", f"user:{bob}", "system:revenue"],
-        [-110, 100, 10],
-        "Gift to Bob",
-        {"to": bob},
-        "examples",
+    row = await post_legs(
+        db,
+        [(f"user:{alice}", -110), (f"user:{bob}", 100), ("system:revenue", 10)],
+        type_="gift",
+        user_id=alice,
+        amount=110,
+        description="Gift to Bob",
+        metadata={"to": bob},
+        key_name="examples",
     )
-    assert row is not None
-    assert row["error_code"] is None, row
+    assert row["problem"] is None, row
 
-    public_id = await db.fetchval("SELECT wallet_public_id($1)", row["posted_id"])
+    public_id = await db.fetchval("SELECT wallet_public_id($1)", row["transaction_id"])
     fetched = await client.get(f"/v1/transactions/{public_id}", headers=api_keys.headers("read"))
     assert fetched.status_code == 200, fetched.text
     gift = fetched.json()

@@ -5,6 +5,7 @@ Every test uses keys of its own. "Nothing was written" is read in the database t
 ledger's counts and the idempotency records of the key.
 """
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -215,3 +216,24 @@ async def test_idempotency_keys_are_scoped_per_api_key(
     by_bonus_key = await post(client, api_keys, "/v1/bonuses", movement(new_user, 1), key, scope="bonus")
     assert by_bonus_key.status_code == 201, by_bonus_key.text
     assert await stored_keys(db, key) == 3
+
+
+async def test_two_requests_racing_with_one_key_write_once_and_the_loser_replays(
+    client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection, new_user: str
+) -> None:
+    """Both requests are held on the user's account lock, so both have read "key not seen" before either commits:
+    the loser's record collides with the winner's, which rolls it back whole, and run again it replays."""
+    key = idem()
+    body = movement(new_user, 40, description="race")
+    async with db.transaction():
+        await db.execute("SELECT 1 FROM accounts WHERE name = $1 AND asset = 'GOLD' FOR UPDATE", f"user:{new_user}")
+        racing = [asyncio.create_task(post(client, api_keys, PATHS["topup"], body, key)) for _ in range(2)]
+        await asyncio.sleep(0.3)  # both are waiting on the lock now
+        assert not any(task.done() for task in racing)
+    responses = await asyncio.gather(*racing)
+    assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
+    assert sorted(r.headers.get("idempotent-replayed") == "true" for r in responses) == [False, True]
+    assert responses[0].content == responses[1].content
+    assert (await ledger_counts(db, new_user))["user_transactions"] == 1
+    assert await balance(client, api_keys, new_user) == 40
+    assert await stored_keys(db, key) == 1

@@ -81,19 +81,28 @@ def migrate(url: str) -> None:
                 command.upgrade(config, "head")
                 conn.commit()
             finally:
+                conn.rollback()  # after a failed revision: else the unlock fails too, hiding the revision's error
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
                 conn.commit()
     finally:
         engine.dispose()
 
 
+JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the text
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # json and jsonb arrive as text (passed through to clients untouched); we send jsonb as orjson bytes.
+    # json arrives as text, passed through to clients untouched; jsonb goes both ways through orjson. Binary
+    # codecs: composite types (wallet_item) can only hold elements with binary codecs.
     await conn.set_type_codec(
-        "jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+        "jsonb",
+        encoder=lambda v: JSONB_VERSION + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
     )
     await conn.set_type_codec(
-        "json", encoder=lambda v: orjson.dumps(v).decode(), decoder=lambda v: v, schema="pg_catalog"
+        "json", encoder=orjson.dumps, decoder=lambda b: b.decode(), schema="pg_catalog", format="binary"
     )
 
 

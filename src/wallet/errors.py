@@ -22,7 +22,6 @@ CODES: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "Method not allowed"),
     "insufficient_funds": (409, "Insufficient funds"),
     "balance_limit_exceeded": (409, "Balance limit exceeded"),
-    "idempotency_key_in_flight": (409, "Request with this key in flight"),
     "payload_too_large": (413, "Payload too large"),
     "validation_error": (422, "Invalid request"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with another request"),
@@ -160,6 +159,9 @@ _CONNECTION_LOST_SQLSTATE_PREFIXES = ("08", "57P")  # connection exception; admi
 _TIMEOUT_SQLSTATES = {"55P03", "57014"}  # lock_not_available (lock_timeout), query_canceled (statement_timeout)
 _NOT_READY_SQLSTATES = {"42P01", "42883", "53300"}  # schema not migrated yet; too many connections
 _CONFLICT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
+# A request that raced another with the same idempotency key: its record lost on the primary key when the other
+# committed, which rolled it back whole. Run again, it replays the other's outcome.
+_KEY_RACE = ("23505", "idempotency_keys_pkey")
 
 # What the driver raises when the database fails, is unreachable, or the connection breaks.
 DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -183,8 +185,10 @@ def is_outcome_unknown(exc: BaseException) -> bool:
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """A serialization failure or deadlock: the transaction was rolled back and may simply run again."""
-    return getattr(exc, "sqlstate", None) in _CONFLICT_SQLSTATES
+    """A serialization failure, a deadlock, or a lost race for an idempotency key: the transaction was rolled back
+    and may simply run again."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate in _CONFLICT_SQLSTATES or (sqlstate, getattr(exc, "constraint_name", None)) == _KEY_RACE
 
 
 def from_database(exc: BaseException) -> WalletError:
@@ -207,7 +211,7 @@ def from_database(exc: BaseException) -> WalletError:
         return Unavailable(f"The database did not answer in time; nothing was written. {_RETRY}", headers=retry_later)
     if sqlstate in _NOT_READY_SQLSTATES or (isinstance(sqlstate, str) and sqlstate.startswith("53")):
         return Unavailable(f"The database is not ready; nothing was written. {_RETRY}", headers=retry_later)
-    if sqlstate in _CONFLICT_SQLSTATES:
+    if is_conflict(exc):
         return Unavailable(
             f"The write kept conflicting with others; nothing was written. {_RETRY}", headers=retry_later
         )

@@ -6,9 +6,9 @@ untouched, so that a transaction reads the same from the POST that created it, f
 """
 
 import asyncio
+import dataclasses
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,13 +18,16 @@ import orjson
 
 from wallet.config import Settings
 from wallet.database import Database
-from wallet.errors import AssetNotFound, TransactionNotFound, UserNotFound, ValidationFailed, WalletError
+from wallet.errors import CODES, AssetNotFound, TransactionNotFound, UserNotFound, ValidationFailed, WalletError
 from wallet.kinds import Kind
+from wallet.render import TransactionView, public_id
 
 log = logging.getLogger("wallet.ledger")
 
 TRANSACTION_ID_PATTERN = re.compile(r"tx_([0-9a-f]{16})")
+VIEW_FIELDS = tuple(field.name for field in dataclasses.fields(TransactionView))
 PURGE_INTERVAL_S = 3600
+PURGE_RETRY_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +67,61 @@ OutcomeKind = Literal["created", "failed", "replayed", "reused", "aborted", "rej
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What a money-moving request produced: `created`, `failed` (a recorded business error; `body` holds its
-    code and detail), `replayed`, or `reused` (the key belongs to another request; `body` holds what that request
-    was). Batches add `aborted` (atomic batch, not written because another item failed) and `rejected` (atomic
-    batch, failed and not recorded)."""
+    """What a money-moving request came to: `created`, `failed` (a recorded business error), `replayed` (the
+    key's first outcome, success or failure), or `reused` (the key belongs to another request; `problem` holds
+    what that request was: its endpoint and request). Batches add `aborted` (atomic batch, not written because
+    another item failed) and `rejected` (atomic batch, failed and not recorded)."""
 
     kind: OutcomeKind
-    status: int
-    body: str
-    transaction_id: str | None
+    transaction: TransactionView | None
+    problem: dict[str, Any] | None  # the business error (code, detail), or for `reused` the first request
+
+    @property
+    def status(self) -> int:
+        if self.transaction is not None:
+            return 201
+        assert self.problem is not None
+        code = "idempotency_key_reused" if self.kind == "reused" else self.problem["code"]
+        return CODES[code][0]
 
 
-_REQUEST_SQL = """
-SELECT outcome, status, body, transaction_id
-  FROM wallet_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-"""
+def _outcome(row: asyncpg.Record, movement: Movement) -> Outcome:
+    """A `wallet_outcome` row: the transaction's values the request did not send, joined to what it did."""
+    if row["transaction_id"] is None:
+        return Outcome(row["outcome"], None, row["problem"])
+    legs = movement.kind.legs(movement.user_id, movement.amount)
+    transaction = TransactionView(
+        id=row["transaction_id"],
+        type=movement.kind.type,
+        user_id=movement.user_id,
+        asset=movement.asset,
+        amount=movement.amount,
+        balance_after=row["balance_after"],
+        description=movement.description,
+        metadata=row["metadata"],
+        accounts=[account for account, _ in legs],
+        amounts=[amount for _, amount in legs],
+        created_at=row["created_at"],
+    )
+    return Outcome(row["outcome"], transaction, None)
 
 
-def _outcome(row: asyncpg.Record) -> Outcome:
-    return Outcome(row["outcome"], row["status"], row["body"], row["transaction_id"])
+def _item(idempotency_key: str, movement: Movement) -> tuple[Any, ...]:
+    """A `wallet_item`: the key, the fingerprint it is bound to, and the posting (a `wallet_posting`)."""
+    kind = movement.kind
+    legs = kind.legs(movement.user_id, movement.amount)
+    posting = (
+        kind.type,
+        movement.user_id,
+        movement.asset,
+        movement.amount,
+        movement.description,
+        movement.metadata,
+        [account for account, _ in legs],
+        [movement.asset] * len(legs),
+        [amount for _, amount in legs],
+    )
+    return (idempotency_key, kind.endpoint, movement.request(), posting)
 
 
 async def post(database: Database, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
@@ -92,26 +131,15 @@ async def post(database: Database, caller: Caller, idempotency_key: str, movemen
 
 async def post_on(conn: asyncpg.Connection, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
     """`post` on a connection of the caller's (the seed's)."""
-    legs = movement.kind.legs(movement.user_id, movement.amount)
     row = await conn.fetchrow(
-        _REQUEST_SQL,
-        caller.attempt_id,
+        "SELECT * FROM wallet_request($1, $2, $3, $4)",
         caller.api_key_id,
         caller.api_key_name,
-        idempotency_key,
-        movement.kind.endpoint,
-        movement.request(),
-        movement.kind.type,
-        movement.asset,
-        movement.user_id,
-        movement.amount,
-        [account for account, _ in legs],
-        [amount for _, amount in legs],
-        movement.description,
-        movement.metadata,
+        caller.attempt_id,
+        _item(idempotency_key, movement),
     )
     assert row is not None
-    return _outcome(row)
+    return _outcome(row, movement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,35 +147,18 @@ class BatchItem:
     idempotency_key: str
     movement: Movement
 
-    def as_json(self) -> dict[str, Any]:
-        movement = self.movement
-        legs = movement.kind.legs(movement.user_id, movement.amount)
-        return {
-            "key": self.idempotency_key,
-            "endpoint": movement.kind.endpoint,
-            "request": movement.request(),
-            "type": movement.kind.type,
-            "asset": movement.asset,
-            "user_id": movement.user_id,
-            "amount": movement.amount,
-            "accounts": [account for account, _ in legs],
-            "amounts": [amount for _, amount in legs],
-            "description": movement.description,
-            "metadata": movement.metadata,
-        }
-
 
 async def post_batch(database: Database, caller: Caller, atomic: bool, items: list[BatchItem]) -> list[Outcome]:
     """Posts every item in one statement (one transaction); outcomes in request order."""
     rows = await database.fetch(
-        "SELECT outcome, status, body, transaction_id FROM wallet_batch($1, $2, $3, $4, $5) ORDER BY ord",
-        caller.attempt_id,
+        "SELECT * FROM wallet_batch($1, $2, $3, $4, $5)",
         caller.api_key_id,
         caller.api_key_name,
+        caller.attempt_id,
         atomic,
-        [item.as_json() for item in items],
+        [_item(item.idempotency_key, item.movement) for item in items],
     )
-    return [_outcome(row) for row in rows]
+    return [_outcome(row, item.movement) for row, item in zip(rows, items, strict=True)]
 
 
 def differences(stored: dict[str, Any], endpoint: str, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,14 +184,19 @@ def parse_transaction_id(public_id: str) -> int | None:
     return internal_id if internal_id < 2**63 else None  # ids are bigint
 
 
-async def get_transaction(database: Database, public_id: str) -> str:
+def _view(row: asyncpg.Record) -> TransactionView:
+    """A row of wallet_transactions()."""
+    return TransactionView(**{name: row[name] for name in VIEW_FIELDS})
+
+
+async def get_transaction(database: Database, public_id: str) -> bytes:
     internal_id = parse_transaction_id(public_id)
-    body = None
+    row = None
     if internal_id is not None:
-        body = await database.fetchval("SELECT wallet_transaction_json($1)", internal_id)
-    if body is None:
+        row = await database.fetchrow("SELECT * FROM wallet_transactions(ARRAY[$1::bigint])", internal_id)
+    if row is None:
         raise TransactionNotFound(f"Transaction {public_id[:64]} does not exist.")
-    return str(body)
+    return _view(row).render()
 
 
 async def list_assets(database: Database) -> str:
@@ -281,15 +297,15 @@ WITH owner AS (
 ), page AS (
     SELECT wallet_history_page($1, $2, $3, $4) AS ids
 )
-SELECT o.user_exists, o.asset_exists, r.id AS transaction_id, r.body
+SELECT o.user_exists, o.asset_exists, r.*
   FROM owner o
  CROSS JOIN page
-  LEFT JOIN LATERAL wallet_transactions_json(page.ids) r ON true
+  LEFT JOIN LATERAL wallet_transactions(page.ids) r ON true
  ORDER BY r.id DESC
 """
 
 
-async def get_history(database: Database, user_id: str, asset: str | None, limit: int, cursor: str | None) -> str:
+async def get_history(database: Database, user_id: str, asset: str | None, limit: int, cursor: str | None) -> bytes:
     """One page of the user's transactions, newest first. The cursor is the last id of the previous page."""
     before_id = None
     if cursor is not None:
@@ -301,20 +317,16 @@ async def get_history(database: Database, user_id: str, asset: str | None, limit
             )
     rows = await database.fetch(_HISTORY_SQL, user_id, asset, before_id, limit + 1)
     _check_found(rows[0], user_id, asset)
-    items = [row for row in rows if row["transaction_id"] is not None]
+    views = [_view(row) for row in rows if row["id"] is not None]
     next_cursor = None
-    if len(items) > limit:
-        items = items[:limit]
-        next_cursor = f'"tx_{items[-1]["transaction_id"]:016x}"'
-    return '{"items":[' + ",".join(row["body"] for row in items) + '],"next_cursor":' + (next_cursor or "null") + "}"
+    if len(views) > limit:
+        views = views[:limit]
+        next_cursor = public_id(views[-1].id)
+    page = {"items": [orjson.Fragment(view.render()) for view in views], "next_cursor": next_cursor}
+    return orjson.dumps(page)
 
 
 # Maintenance ------------------------------------------------------------------------------------------------------
-
-
-async def rollup(conn: asyncpg.Connection) -> int:
-    """Folds pending system-account deltas into their balances; returns how many deltas moved."""
-    return int(await conn.fetchval("SELECT wallet_rollup()"))
 
 
 async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int) -> int:
@@ -325,16 +337,12 @@ async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int) 
 
 
 async def maintain(database: Database, settings: Settings) -> None:
-    """Background loop of every worker: folds system-account deltas and purges old idempotency keys. Survives
-    outages: a round that fails is skipped."""
-    interval_s = settings.rollup_interval_ms / 1000
-    purged_at = 0.0
+    """Background loop of every worker: purges idempotency keys past their retention. Survives outages: a round
+    that fails is tried again a minute later."""
     while True:
-        await asyncio.sleep(interval_s)
         try:
-            await database.run(rollup)
-            if time.monotonic() - purged_at > PURGE_INTERVAL_S:
-                await database.run(lambda conn: purge_idempotency_keys(conn, settings.idempotency_retention_days))
-                purged_at = time.monotonic()
+            await database.run(lambda conn: purge_idempotency_keys(conn, settings.idempotency_retention_days))
+            await asyncio.sleep(PURGE_INTERVAL_S)
         except WalletError as exc:
             log.warning("maintenance skipped: %s", exc.detail)
+            await asyncio.sleep(PURGE_RETRY_S)

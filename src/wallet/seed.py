@@ -24,9 +24,8 @@ async def seed(conn: asyncpg.Connection) -> None:
             "INSERT INTO assets (code, name, scale) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING", SEED_ASSETS
         )
         await conn.execute(
-            """INSERT INTO accounts (kind, name, asset)
-               SELECT 'system', 'system:' || s.name, a.code FROM assets a CROSS JOIN unnest($1::text[]) s (name)
-               ON CONFLICT DO NOTHING""",
+            """SELECT wallet_system_account('system:' || s.name, a.code)
+                 FROM assets a CROSS JOIN unnest($1::text[]) s (name) ORDER BY a.code, s.name""",
             list(SYSTEM_ACCOUNTS),
         )
         # Users created before an asset existed get their account in it.

@@ -39,7 +39,8 @@ async def send(send: Send, error: WalletError) -> None:
 def of_outcome(outcome: Outcome, idempotency_key: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """The problem document of an outcome that is not a success: recorded failures are rendered the same way on
     the first answer and on every replay."""
-    stored = orjson.loads(outcome.body)
+    stored = outcome.problem
+    assert stored is not None
     if outcome.kind == "reused":
         found = differences(stored, endpoint, request)
         fields = ", ".join(d["field"] for d in found)

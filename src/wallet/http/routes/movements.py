@@ -1,6 +1,7 @@
 """Money-moving requests: one route per posting kind of the registry, and batches of them."""
 
 import uuid
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -17,6 +18,7 @@ from wallet.keys import ApiKey
 from wallet.kinds import KINDS, KINDS_BY_PATH
 from wallet.ledger import BatchItem, Caller, Movement
 from wallet.models import BatchRequest, BatchResponse, MovementRequest, Transaction
+from wallet.render import public_id
 
 router = APIRouter(tags=["movements"])
 JSON = "application/json"
@@ -50,11 +52,11 @@ async def create(request: Request, key: ApiKey = Depends(kind_key)) -> Response:
     caller = Caller(key.id, key.name, uuid.uuid4())  # the attempt id is the same across the service's retries
     outcome = await ledger.post(database(request), caller, idempotency_key, movement)
     headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else {}
-    if outcome.status >= 400:
+    if outcome.transaction is None:
         failure = problems.of_outcome(outcome, idempotency_key, kind.endpoint, movement.request())
         return Response(orjson.dumps(failure), failure["status"], headers, media_type=PROBLEM_MEDIA_TYPE)
-    context(request.scope).transaction_id = outcome.transaction_id
-    return Response(outcome.body, outcome.status, headers, media_type=JSON)
+    context(request.scope).transaction_id = public_id(outcome.transaction.id)
+    return Response(outcome.transaction.render(), 201, headers, media_type=JSON)
 
 
 for _kind in KINDS.values():
@@ -110,13 +112,15 @@ async def batch(request: Request, key: ApiKey = Depends(require(*(kind.scope for
         for op in sent.operations
     ]
     outcomes = await ledger.post_batch(database(request), Caller(key.id, key.name, uuid.uuid4()), sent.atomic, items)
-    results = []
+    results: list[dict[str, Any]] = []
     for item, outcome in zip(items, outcomes, strict=True):
-        replayed = ',"replayed":true' if outcome.kind == "replayed" else ""
-        if outcome.status < 400:
-            results.append(f'{{"status":{outcome.status},"transaction":{outcome.body}{replayed}}}')
+        if outcome.transaction is not None:
+            result: dict[str, Any] = {"status": 201, "transaction": orjson.Fragment(outcome.transaction.render())}
         else:
             movement = item.movement
             failure = problems.of_outcome(outcome, item.idempotency_key, movement.kind.endpoint, movement.request())
-            results.append(f'{{"status":{failure["status"]},"problem":{orjson.dumps(failure).decode()}{replayed}}}')
-    return Response('{"results":[' + ",".join(results) + "]}", media_type=JSON)
+            result = {"status": failure["status"], "problem": failure}
+        if outcome.kind == "replayed":
+            result["replayed"] = True
+        results.append(result)
+    return Response(orjson.dumps({"results": results}), media_type=JSON)
