@@ -2,44 +2,21 @@
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from tests.conftest import WALLET, _free_port
+from tests.conftest import WALLET, _free_port, postmasters
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([WALLET, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def embedded_env() -> Iterator[dict[str, str]]:
-    """An environment with no database URL: the commands start (or join) an embedded server in a temp dir."""
-    data_dir = Path(tempfile.mkdtemp(prefix="wallet-cli-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
-    env.update(WALLET_DATA_DIR=str(data_dir), WALLET_API_KEY_CACHE_TTL_MS="0", WALLET_LOG_LEVEL="WARNING")
-    yield env
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def postmasters(data_dir: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if process.info["name"] == "postgres" and any(data_dir in part for part in cmdline):
-            found.append(process)
-    return found
-
-
+@pytest.mark.own_postgres
 def test_serve_prints_a_first_key_and_the_other_commands_share_its_database(embedded_env: dict[str, str]) -> None:
     port = _free_port()
     server = subprocess.Popen(
@@ -94,6 +71,7 @@ def test_serve_prints_a_first_key_and_the_other_commands_share_its_database(embe
     assert not postmasters(embedded_env["WALLET_DATA_DIR"]), "the embedded PostgreSQL outlived the server"
 
 
+@pytest.mark.own_postgres
 def test_keys_create_refuses_unknown_scopes_and_names(embedded_env: dict[str, str]) -> None:
     assert run(embedded_env, "keys", "create", "--name", "x", "--scopes", "read,steal").returncode == 2
     assert run(embedded_env, "keys", "create", "--name", "bad name", "--scopes", "read").returncode == 2
