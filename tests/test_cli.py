@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import WALLET, _free_port, postmasters
+from wallet.models import BATCH_OPERATIONS_MAX
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -118,21 +119,27 @@ async def test_sigterm_drains_requests_in_flight(database_url: str, db: object) 
                             "amount": 10**15 if i == 0 else 1,
                             "idempotency_key": f"drain-{run}-{b}-{i}",
                         }
-                        for i in range(400)
+                        for i in range(BATCH_OPERATIONS_MAX)
                     ]
                 }
                 for b in range(3)
             ]
-            in_flight = [asyncio.create_task(http.post("/v1/batch", json=batch, headers=headers)) for batch in batches]
-            await asyncio.sleep(0.3)
+
+            async def post(batch: dict[str, object]) -> tuple[httpx.Response, float]:
+                response = await http.post("/v1/batch", json=batch, headers=headers)
+                return response, time.monotonic()
+
+            in_flight = [asyncio.create_task(post(batch)) for batch in batches]
+            await asyncio.sleep(0.1)
             server.send_signal(signal.SIGTERM)
-            responses = await asyncio.gather(*in_flight)
-        assert [response.status_code for response in responses] == [200, 200, 200]
+            signalled = time.monotonic()
+            answered = await asyncio.gather(*in_flight)
+        assert [response.status_code for response, _ in answered] == [200, 200, 200]
         # At least one was still being written when the signal came.
-        assert max(response.elapsed.total_seconds() for response in responses) > 0.4
-        for response in responses:
+        assert max(at for _, at in answered) > signalled
+        for response, _ in answered:
             statuses = [result["status"] for result in response.json()["results"]]
-            assert statuses == [409] + [201] * 399
+            assert statuses == [409] + [201] * (BATCH_OPERATIONS_MAX - 1)
         assert server.wait(timeout=30) == 0
     finally:
         if server.poll() is None:
