@@ -132,8 +132,10 @@ async def test_serve_killed_with_its_postgres_comes_back_in_seconds_with_every_a
                 stop = asyncio.Event()
                 writers = [asyncio.create_task(topups.write_until(http, stop, rng)) for _ in range(WRITERS)]
                 before = len(topups.acknowledged)
+                deadline = time.monotonic() + RESTART_TIMEOUT_S
                 while len(topups.acknowledged) < before + WRITES_BEFORE_KILL_MIN:
                     assert all(not writer.done() for writer in writers), [w.exception() for w in writers if w.done()]
+                    assert time.monotonic() < deadline, f"writes are not acknowledged:\n{serve.log_tail()}"
                     await asyncio.sleep(0.05)
                 # Writes are in flight: the API and its PostgreSQL die together, the postmaster.pid stays behind.
                 serve.kill(together_with=[running_postmaster(data_dir)])

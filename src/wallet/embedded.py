@@ -353,8 +353,8 @@ class _Result:
 def _pg_ctl(command: list[str], pgdata: Path, give_up: Callable[[], bool] = lambda: False) -> _Result:
     """Runs pg_ctl as the server's user, in a session of its own, so that a signal to our process group does not
     cut it off halfway. If `give_up` turns true while it runs, pg_ctl is ended and StartInterrupted raised (the
-    server it was starting goes on, and the caller's release() stops it). Output goes to a file: the postmaster
-    that pg_ctl forks would otherwise keep a pipe open after pg_ctl exits."""
+    server it was starting goes on, and the caller's release() stops it). Output goes to a file rather than a pipe,
+    as in the package, which saw pg_ctl calls hang on pipes (a postmaster that inherits one keeps it open)."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(  # noqa: S603 - our own binary, arguments as a list
             [str(BIN_DIR / command[0]), *command[1:]],
