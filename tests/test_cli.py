@@ -2,46 +2,25 @@
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from tests.conftest import WALLET, _free_port
+from tests.conftest import WALLET, postmasters
+from tests.support import free_port
+from wallet.models import BATCH_OPERATIONS_MAX
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([WALLET, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.fixture
-def embedded_env() -> Iterator[dict[str, str]]:
-    """An environment with no database URL: the commands start (or join) an embedded server in a temp dir."""
-    data_dir = Path(tempfile.mkdtemp(prefix="wallet-cli-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
-    env.update(WALLET_DATA_DIR=str(data_dir), WALLET_API_KEY_CACHE_TTL_MS="0", WALLET_LOG_LEVEL="WARNING")
-    yield env
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def postmasters(data_dir: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if process.info["name"] == "postgres" and any(data_dir in part for part in cmdline):
-            found.append(process)
-    return found
-
-
+@pytest.mark.own_postgres
 def test_serve_prints_a_first_key_and_the_other_commands_share_its_database(embedded_env: dict[str, str]) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [WALLET, "serve", "--port", str(port), "--workers", "1"],
         env=embedded_env,
@@ -94,6 +73,7 @@ def test_serve_prints_a_first_key_and_the_other_commands_share_its_database(embe
     assert not postmasters(embedded_env["WALLET_DATA_DIR"]), "the embedded PostgreSQL outlived the server"
 
 
+@pytest.mark.own_postgres
 def test_keys_create_refuses_unknown_scopes_and_names(embedded_env: dict[str, str]) -> None:
     assert run(embedded_env, "keys", "create", "--name", "x", "--scopes", "read,steal").returncode == 2
     assert run(embedded_env, "keys", "create", "--name", "bad name", "--scopes", "read").returncode == 2
@@ -101,7 +81,7 @@ def test_keys_create_refuses_unknown_scopes_and_names(embedded_env: dict[str, st
 
 async def test_sigterm_drains_requests_in_flight(database_url: str, db: object) -> None:
     """SIGTERM while batches are being written: each one still gets its answer, then the server exits 0."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "WALLET_DATABASE_URL": database_url,
@@ -140,21 +120,27 @@ async def test_sigterm_drains_requests_in_flight(database_url: str, db: object) 
                             "amount": 10**15 if i == 0 else 1,
                             "idempotency_key": f"drain-{run}-{b}-{i}",
                         }
-                        for i in range(400)
+                        for i in range(BATCH_OPERATIONS_MAX)
                     ]
                 }
                 for b in range(3)
             ]
-            in_flight = [asyncio.create_task(http.post("/v1/batch", json=batch, headers=headers)) for batch in batches]
-            await asyncio.sleep(0.3)
+
+            async def post(batch: dict[str, object]) -> tuple[httpx.Response, float]:
+                response = await http.post("/v1/batch", json=batch, headers=headers)
+                return response, time.monotonic()
+
+            in_flight = [asyncio.create_task(post(batch)) for batch in batches]
+            await asyncio.sleep(0.1)
             server.send_signal(signal.SIGTERM)
-            responses = await asyncio.gather(*in_flight)
-        assert [response.status_code for response in responses] == [200, 200, 200]
+            signalled = time.monotonic()
+            answered = await asyncio.gather(*in_flight)
+        assert [response.status_code for response, _ in answered] == [200, 200, 200]
         # At least one was still being written when the signal came.
-        assert max(response.elapsed.total_seconds() for response in responses) > 0.4
-        for response in responses:
+        assert max(at for _, at in answered) > signalled
+        for response, _ in answered:
             statuses = [result["status"] for result in response.json()["results"]]
-            assert statuses == [409] + [201] * 399
+            assert statuses == [409] + [201] * (BATCH_OPERATIONS_MAX - 1)
         assert server.wait(timeout=30) == 0
     finally:
         if server.poll() is None:

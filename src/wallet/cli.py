@@ -78,6 +78,15 @@ def _exit_quietly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+@app.callback()
+def _every_command() -> None:
+    # SIGTERM (a supervisor, `docker stop`, `kill`) ends any command with an orderly exit, so that the embedded
+    # PostgreSQL it started is stopped on the way out; by default SIGTERM ends a process on the spot. `wallet serve`
+    # hands it to uvicorn, which drains requests in flight first (with one worker it then re-raises the signal to
+    # this handler; with several it returns).
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -88,9 +97,6 @@ def serve(
     settings = get_settings()
     configure(settings.log_level)
     workers = workers or os.cpu_count() or 1
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to the handler it found: make that
-    # handler an orderly exit, so the embedded PostgreSQL is stopped on the way out.
-    signal.signal(signal.SIGTERM, _exit_quietly)
     with database_url(settings) as url:
         try:
             _prepare(url)

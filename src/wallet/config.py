@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     api_key_cache_ttl_ms: int = Field(default=1_000, ge=0, le=60_000)
     body_size_max_bytes: int = Field(default=65_536, ge=1_024, le=10_485_760)
     batch_body_size_max_bytes: int = Field(default=2_097_152, ge=1_024, le=67_108_864)
-    rollup_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000)
     retry_attempts_max: int = Field(default=5, ge=1, le=20)
     reconnect_window_ms: int = Field(
         default=5_000, ge=0, le=60_000, description="How long a request keeps trying after its connection broke."

