@@ -24,7 +24,7 @@ import psutil
 import pytest
 from fastapi import FastAPI
 
-from tests.support import create_user, execute_alone, free_port, with_database
+from tests.support import create_user, free_port, own_database
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -55,14 +55,9 @@ def server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh database, migrated and seeded, dropped at the end of the session."""
-    name = f"wallet_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(execute_alone(server_url, f'CREATE DATABASE "{name}"'))
-    url = with_database(server_url, name)
-    try:
+    with own_database(server_url) as url:
         migrate(url)
         yield url
-    finally:
-        asyncio.run(execute_alone(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,12 @@ request helpers, a free port, and a few database helpers. Fixtures stay in conft
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -188,6 +190,17 @@ def with_database(url: str, name: str) -> str:
     """The same server's URL, for the database `name`."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+@contextlib.contextmanager
+def own_database(server_url: str, prefix: str = "wallet_test") -> Iterator[str]:
+    """A new, empty database on the test server, for a test that must not share the session's; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(execute_alone(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        asyncio.run(execute_alone(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def execute_alone(url: str, sql: str) -> None:

@@ -145,3 +145,14 @@ async def test_sigterm_drains_requests_in_flight(database_url: str, db: object) 
     finally:
         if server.poll() is None:
             server.kill()
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["seed"], ["verify"], ["keys"], ["keys", "create"]])
+def test_help_reads_naturally(command: list[str]) -> None:
+    """Options show what they take (`--port PORT`), flags nothing: no `--help <bool>` or `<str>` placeholders."""
+    shown = subprocess.run([WALLET, *command, "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "Usage: wallet" in shown
+    assert "<bool>" not in shown and "<str>" not in shown and "<int" not in shown, shown
+    for option, metavar in {"--port": "PORT", "--workers": "N", "--name": "NAME", "--scopes": "SCOPES"}.items():
+        if option in shown:
+            assert f"{option} {metavar}" in shown, shown

@@ -27,8 +27,15 @@ from wallet.logs import configure
 T = TypeVar("T")
 log = logging.getLogger("wallet.cli")
 
-app = typer.Typer(help="Wallet service: a double-entry ledger for virtual credits.", no_args_is_help=True)
-keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+# Plain help (rich_markup_mode=None): Typer's rich panels print every option with a type placeholder, `--help <bool>`.
+app = typer.Typer(
+    help="Wallet service: a double-entry ledger for virtual credits.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
 
 KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -89,9 +96,11 @@ def _every_command() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes; 0 = one per core.", min=0, max=64)] = 0,
+    host: Annotated[str, typer.Option(help="Address to listen on.", metavar="ADDRESS")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", metavar="PORT")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes, 1 to 64; 0 = one per core.", min=0, max=64, metavar="N")
+    ] = 0,
 ) -> None:
     """Apply migrations, seed, and serve the API (on an embedded PostgreSQL unless WALLET_DATABASE_URL is set)."""
     settings = get_settings()
@@ -161,10 +170,15 @@ def verify() -> None:
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option(help="A unique name; recorded on every transaction the key creates.")],
-    scopes: Annotated[str, typer.Option(help="Comma-separated: " + ",".join(api_keys.SCOPES))] = "read",
+    name: Annotated[
+        str, typer.Option(help="A unique name; recorded on every transaction the key creates.", metavar="NAME")
+    ],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated, among " + ",".join(api_keys.SCOPES) + ".", metavar="SCOPES")
+    ] = "read",
     rate_limit_per_s: Annotated[
-        int | None, typer.Option(help="Requests per second for this key (default: WALLET_RATE_LIMIT_PER_S).", min=1)
+        int | None,
+        typer.Option(help="Requests per second for this key (default: WALLET_RATE_LIMIT_PER_S).", min=1, metavar="N"),
     ] = None,
 ) -> None:
     """Create an API key and print its secret (shown once)."""
@@ -196,7 +210,7 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str) -> None:
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.", metavar="NAME")]) -> None:
     """Revoke an API key by name. Running servers stop accepting it within the key cache's TTL."""
     with database_url(get_settings()) as url:
         revoked = _with_connection(url, lambda conn: api_keys.revoke(conn, name))

@@ -63,8 +63,8 @@ def _sqlalchemy_url(url: str) -> str:
     return "postgresql+psycopg://" + rest
 
 
-def migrate(url: str) -> None:
-    """Brings the schema to the newest revision; concurrent callers wait for each other."""
+def migrate(url: str, revision: str = "head") -> None:
+    """Brings the schema to `revision` (the newest by default); concurrent callers wait for each other."""
     engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
@@ -73,7 +73,7 @@ def migrate(url: str) -> None:
                 config = Config()
                 config.set_main_option("script_location", str(files("wallet") / "migrations"))
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
                 conn.commit()
             finally:
                 conn.rollback()  # after a failed revision: else the unlock fails too, hiding the revision's error

@@ -22,6 +22,7 @@ CODES: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "Method not allowed"),
     "insufficient_funds": (409, "Insufficient funds"),
     "balance_limit_exceeded": (409, "Balance limit exceeded"),
+    "supply_limit_exceeded": (409, "Supply limit exceeded"),
     "payload_too_large": (413, "Payload too large"),
     "validation_error": (422, "Invalid request"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with another request"),

@@ -35,8 +35,10 @@ class Kind:
 KINDS: dict[str, Kind] = {
     kind.type: kind
     for kind in (
-        Kind("topup", "/v1/topups", "topup", "treasury", +1, "Top up: treasury -> user"),
-        Kind("bonus", "/v1/bonuses", "bonus", "bonus_pool", +1, "Bonus: bonus_pool -> user"),
+        Kind("topup", "/v1/topups", "topup", "treasury", +1, "Top up: treasury -> user", ("supply_limit_exceeded",)),
+        Kind(
+            "bonus", "/v1/bonuses", "bonus", "bonus_pool", +1, "Bonus: bonus_pool -> user", ("supply_limit_exceeded",)
+        ),
         Kind(
             "purchase", "/v1/purchases", "purchase", "revenue", -1, "Purchase: user -> revenue", ("insufficient_funds",)
         ),

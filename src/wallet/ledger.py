@@ -166,6 +166,7 @@ def differences(stored: dict[str, Any], endpoint: str, request: dict[str, Any]) 
     if stored["endpoint"] != endpoint:
         return [{"field": "endpoint", "first": stored["endpoint"], "now": endpoint}]
     first = stored["request"]
+    request = orjson.loads(orjson.dumps(request))  # numbers as the stored request reads back (kept text included)
     return [
         {"field": name, "first": first.get(name), "now": request.get(name)}
         for name in sorted(set(first) | set(request))
@@ -221,8 +222,7 @@ _ENSURE_USER_SQL = f"""
             SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a
         ), renamed AS (
             UPDATE users SET display_name = $2
-             WHERE user_id = $1 AND $2::text IS NOT NULL AND display_name IS DISTINCT FROM $2
-               AND NOT EXISTS (SELECT 1 FROM created)
+             WHERE user_id = $1 AND $3 AND display_name IS DISTINCT FROM $2 AND NOT EXISTS (SELECT 1 FROM created)
             RETURNING *
         )
         SELECT true AS created, {_USER_JSON} AS body FROM created u
@@ -232,10 +232,13 @@ _ENSURE_USER_SQL = f"""
         """
 
 
-async def ensure_user(conn: asyncpg.Connection, user_id: str, display_name: str | None) -> tuple[bool, str]:
-    """Creates the user with one account per asset, or returns the existing one. (created, representation)."""
+async def ensure_user(
+    conn: asyncpg.Connection, user_id: str, display_name: str | None, rename: bool = False
+) -> tuple[bool, str]:
+    """Creates the user with one account per asset, or returns the existing one, its display name set to
+    `display_name` (None clears it) when `rename`. (created, representation)."""
     for _ in range(3):
-        row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name)
+        row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name, rename)
         if row is not None:
             return bool(row["created"]), str(row["body"])
         # A concurrent PUT committed the user after our statement's snapshot: its insert made ours a no-op,
@@ -243,8 +246,8 @@ async def ensure_user(conn: asyncpg.Connection, user_id: str, display_name: str 
     raise AssertionError(f"user {user_id} neither created nor found")
 
 
-async def put_user(database: Database, user_id: str, display_name: str | None) -> tuple[bool, str]:
-    return await database.run(lambda conn: ensure_user(conn, user_id, display_name))
+async def put_user(database: Database, user_id: str, display_name: str | None, rename: bool) -> tuple[bool, str]:
+    return await database.run(lambda conn: ensure_user(conn, user_id, display_name, rename))
 
 
 async def get_user(database: Database, user_id: str) -> str:

@@ -8,6 +8,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from wallet.kinds import KINDS
 
 AMOUNT_MAX = 10**15
+BALANCE_MAX = 10**18  # a user's balance in one asset (SQL: wallet_balance_max())
+ISSUANCE_MAX = 2**61  # what one issuer account may issue, net (SQL: wallet_issuance_max())
 DESCRIPTION_LENGTH_MAX = 500
 METADATA_BYTES_MAX = 4096
 METADATA_DEPTH_MAX = 8
@@ -18,6 +20,7 @@ PAGE_LIMIT_MAX = 200
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$"
 ASSET_PATTERN = r"^[A-Z][A-Z0-9_]{1,15}$"
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+CURSOR_PATTERN = r"^tx_[0-7][0-9a-f]{15}$"  # a transaction id: 16 hex digits of a bigint
 
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 AssetCode = Annotated[str, StringConstraints(pattern=ASSET_PATTERN)]
@@ -35,22 +38,64 @@ def _storable_text(value: str) -> str:
     return value
 
 
+class JsonNumber:
+    """A number of a request body with a fraction or an exponent, as the text it was sent as: Python's float would
+    round it (0.10 becomes 0.1; 1e400 becomes inf). In metadata it is stored as that text (PostgreSQL's jsonb keeps
+    decimals exactly) when jsonb would show it back unchanged; anywhere else a field that wants an integer or a
+    string refuses it as it refuses any other number."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def exact_in_jsonb(self) -> bool:
+        """jsonb writes numbers back without exponent and without the sign of a zero ("1e2" comes back as 100)."""
+        if "e" in self.text.lower():
+            return False
+        negative_zero = self.text.startswith("-") and not self.text.strip("-0.")
+        return not negative_zero
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _stored_exactly(value: Any) -> Any:
+    """A metadata value as it will be stored: numbers orjson cannot write (fractions kept as text, integers past 64
+    bits) become their text; one that jsonb would show back otherwise is refused."""
+    if isinstance(value, JsonNumber):
+        if not value.exact_in_jsonb():
+            raise ValueError(
+                f"has the number {value.text}, which would be stored and shown back as another spelling:"
+                " write numbers without an exponent, and zero without a sign"
+            )
+        return orjson.Fragment(value.text)
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        return orjson.Fragment(str(value))
+    return value
+
+
 def _walk_metadata(value: dict[str, Any]) -> None:
-    """Checks depth and strings without recursion: the body parser allows 1,024 levels, Python's stack fewer."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """Checks depth, strings and numbers without recursion (the body parser allows deep nesting, Python's stack
+    less), turning numbers into what is stored, in place."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _storable_text(item)
-        elif isinstance(item, dict | list):
-            if depth > METADATA_DEPTH_MAX:
-                raise ValueError(f"must be nested at most {METADATA_DEPTH_MAX} levels deep")
-            if isinstance(item, dict):
-                for key in item:
-                    _storable_text(key)
-                stack.extend((child, depth + 1) for child in item.values())
+        container, depth = stack.pop()
+        if depth > METADATA_DEPTH_MAX:
+            raise ValueError(f"must be nested at most {METADATA_DEPTH_MAX} levels deep")
+        slots: list[tuple[Any, Any]] = list(container.items() if isinstance(container, dict) else enumerate(container))
+        for slot, item in slots:
+            if isinstance(slot, str):
+                _storable_text(slot)
+            if isinstance(item, str):
+                _storable_text(item)
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
             else:
-                stack.extend((child, depth + 1) for child in item)
+                container[slot] = _stored_exactly(item)
 
 
 def _valid_metadata(value: dict[str, Any]) -> dict[str, Any]:

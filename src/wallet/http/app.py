@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         description="Double-entry wallet for virtual credits. Errors are RFC 9457 problem documents.",
     )
     app.state.services = shared
+    app.router.redirect_slashes = False  # a trailing slash is an ordinary 404, never a redirect
     problems.install(app)
     for router in ROUTERS:  # the routes themselves, not include_router's lazy wrapper: tests and tools list them
         app.router.routes.extend(router.routes)

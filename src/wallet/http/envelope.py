@@ -52,6 +52,7 @@ class Envelope:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        method = scope["method"]
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_context = RequestContext(given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex)
@@ -69,25 +70,30 @@ class Envelope:
                 message["headers"] = [*message.get("headers", []), *extra_headers]
             await send(message)
 
+        if scope["method"] == "HEAD":  # every GET route answers HEAD: the GET's status and headers, no body
+            scope["method"] = "GET"
+            respond: Send = _without_body(send_wrapper)
+        else:
+            respond = send_wrapper
         body_max = self.body_size_max_bytes_by_path.get(scope["path"], self.body_size_max_bytes)
         too_large = PayloadTooLarge(f"The body is over {body_max} bytes.")
         try:
             length = headers.get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > body_max):
-                await problems.send(send_wrapper, too_large)
+                await problems.send(respond, too_large)
                 return
-            await self.app(scope, self._limited(receive, body_max), send_wrapper)
+            await self.app(scope, self._limited(receive, body_max), respond)
         except PayloadTooLarge:
-            await problems.send(send_wrapper, too_large)
+            await problems.send(respond, too_large)
         except ClientDisconnect:
             status_holder[0] = 499  # the client went away before sending its whole body; nothing to answer
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": request_context.request_id}})
             if not response_started[0]:
-                await problems.send(send_wrapper, InternalError("Unexpected error; nothing was written."))
+                await problems.send(respond, InternalError("Unexpected error; nothing was written."))
         finally:
             log_request(
-                method=scope["method"],
+                method=method,
                 path=scope["path"],
                 status=status_holder[0],
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -110,3 +116,14 @@ class Envelope:
             return message
 
         return limited_receive
+
+
+def _without_body(send: Send) -> Send:
+    """What a HEAD request gets: the response's start (its content-length included), then an empty body."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head

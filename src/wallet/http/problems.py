@@ -6,6 +6,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Send
 
 from wallet.errors import (
@@ -68,11 +69,24 @@ async def _request_validation_error(_: Request, exc: Exception) -> Response:
     return response(validation_failed(exc.errors()))
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (each route answers one; HEAD comes with GET)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})  # a method no route has: path-only match
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error: WalletError
     if exc.status_code == 405:
-        error = MethodNotAllowed("This method is not allowed on this path.", headers=dict(exc.headers or {}))
+        allowed = ", ".join(allowed_methods(request))
+        error = MethodNotAllowed(f"This path answers {allowed} only.", headers={"Allow": allowed})
     elif exc.status_code == 404:
         error = NotFound("No such route.")
     else:

@@ -10,7 +10,7 @@ from wallet.http.auth import require
 from wallet.http.openapi import responses
 from wallet.http.routes.params import AssetPath, AssetQuery, UserIdPath
 from wallet.http.services import database
-from wallet.models import PAGE_LIMIT_MAX, Balance, Balances, TransactionPage, User, UserRequest
+from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_MAX, Balance, Balances, TransactionPage, User, UserRequest
 
 router = APIRouter()
 JSON = "application/json"
@@ -24,16 +24,21 @@ read = [Depends(require("read"))]
     openapi_extra=openapi.body(UserRequest, required=False),
     responses={
         **responses(201, User, "Created, with one account per asset.", "validation_error"),
-        200: {"model": User, "description": "The user was already there."},
+        200: {
+            "model": User,
+            "description": "The user was already there. A `display_name` in the body is set (null clears it); "
+            "without one the user is left as it was. The answer is the user as it is now.",
+        },
     },
     dependencies=[Depends(require("admin"))],
 )
 async def put_user(request: Request, user_id: UserIdPath) -> Response:
     raw = await request.body()
-    display_name = None
+    sent = UserRequest()
     if raw.strip():
-        display_name = body.parse(raw, request.headers.get("content-type"), UserRequest).display_name
-    created, representation = await ledger.put_user(database(request), user_id, display_name)
+        sent = body.parse(raw, request.headers.get("content-type"), UserRequest)
+    rename = "display_name" in sent.model_fields_set
+    created, representation = await ledger.put_user(database(request), user_id, sent.display_name, rename)
     return Response(representation, 201 if created else 200, media_type=JSON)
 
 
@@ -89,7 +94,9 @@ async def get_history(
     user_id: UserIdPath,
     asset: AssetQuery = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page.")
+    ] = None,
 ) -> Response:
     page = await ledger.get_history(database(request), user_id, asset, limit, cursor)
     return Response(page, media_type=JSON)

@@ -10,6 +10,11 @@
 CREATE FUNCTION wallet_balance_max() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1000000000000000000::bigint $$;
 
+-- User balances, checked by the table itself with the bound named once (0001 wrote it as a number, in two CHECKs).
+ALTER TABLE accounts
+    DROP CONSTRAINT user_balance_not_negative, DROP CONSTRAINT user_balance_max,
+    ADD CONSTRAINT user_balance CHECK (kind = 'system' OR balance BETWEEN 0 AND wallet_balance_max());
+
 CREATE FUNCTION wallet_issuance_max() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 2305843009213693952::bigint $$;  -- 2^61
 
@@ -181,8 +186,8 @@ BEGIN
                                                                v_leg.name, v_leg.asset, v_leg.balance, -v_leg.amount));
         ELSIF v_leg.balance + v_leg.amount > wallet_balance_max() THEN
             RETURN wallet_problem('balance_limit_exceeded',
-                                  format('Balance of %s in %s is %s; adding %s would pass the limit of 10^18.',
-                                         v_leg.name, v_leg.asset, v_leg.balance, v_leg.amount));
+                                  format('Balance of %s in %s is %s; adding %s would pass the limit of %s.',
+                                         v_leg.name, v_leg.asset, v_leg.balance, v_leg.amount, wallet_balance_max()));
         END IF;
     END LOOP;
     RETURN NULL;

@@ -1,0 +1,38 @@
+"""One place decides each thing: the HTTP status of every problem code (errors.CODES, which every code the SQL
+engine can write must be in), and each bound (one SQL function, one Python constant, agreeing)."""
+
+import re
+from pathlib import Path
+
+import asyncpg
+
+from wallet import models
+from wallet.errors import CODES
+
+VERSIONS = Path(__file__).resolve().parent.parent / "src" / "wallet" / "migrations" / "versions"
+
+
+def test_every_problem_code_the_sql_can_write_has_a_status() -> None:
+    written = set()
+    for path in sorted(VERSIONS.glob("*.sql")):
+        written |= set(re.findall(r"wallet_problem\(\s*'([a-z_]+)'", path.read_text()))
+    assert {"user_not_found", "insufficient_funds", "supply_limit_exceeded"} <= written, written
+    assert written - set(CODES) == set()
+
+
+async def test_no_status_is_decided_in_the_database(db: asyncpg.Connection) -> None:
+    """The engine returns codes only; the idempotency record keeps no status (it follows from the outcome)."""
+    assert await db.fetchval("SELECT count(*) FROM pg_proc WHERE proname = 'wallet_error_status'") == 0
+    columns = await db.fetch("SELECT attname FROM pg_attribute WHERE attrelid = 'idempotency_keys'::regclass")
+    assert "status" not in {row["attname"] for row in columns}
+
+
+async def test_each_bound_is_one_sql_function_that_python_agrees_with(db: asyncpg.Connection) -> None:
+    assert await db.fetchval("SELECT wallet_balance_max()") == models.BALANCE_MAX
+    assert await db.fetchval("SELECT wallet_issuance_max()") == models.ISSUANCE_MAX
+    # Two issuers of an asset at their floor: every other balance, and every sum, still fits a bigint.
+    assert 2 * models.ISSUANCE_MAX < 2**63
+    checks = await db.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'accounts'::regclass"
+    )
+    assert not any("1000000000000000000" in row["def"] for row in checks), [dict(row) for row in checks]
