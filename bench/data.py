@@ -2,49 +2,32 @@
 
 import psycopg
 
+from wallet.kinds import KINDS
+
 USER_PREFIX = "u"  # bench users are u1 .. uN
 HOT_USER = "hot"
 BENCH_KEY_NAME = "bootstrap"  # the admin key `wallet serve` ensures from WALLET_BOOTSTRAP_KEY
 
-# The call the service makes for one money-moving request (src/wallet/ledger.py `execute`), with the request
-# fingerprint shaped like `Movement.request()`. Arguments go by name, read from the function's signature, so
-# that the bench follows the engine as it changes; `{...}` stand for the SQL expressions of the varying parts.
-ARGUMENTS = {
-    "p_attempt_id": "gen_random_uuid()",  # the service draws one uuid4 per request
-    "p_api_key_id": "{key_id}::bigint",
-    "p_api_key_name": "{key_name}::text",
-    "p_key": "{key}::text",
-    "p_endpoint": "{endpoint}::text",
-    "p_request": "jsonb_build_object('user_id', {user}::text, 'asset', {asset}::text, 'amount', {amount}::bigint, "
-    "'description', {description}::text, 'metadata', '{{}}'::jsonb)",
-    "p_type": "{type}::text",
-    "p_asset": "{asset}::text",
-    "p_user_id": "{user}::text",
-    "p_amount": "{amount}::bigint",
-    "p_accounts": "ARRAY['user:' || {user}, {system}::text]",
-    "p_amounts": "ARRAY[{sign} * {amount}::bigint, -{sign} * {amount}::bigint]",
-    "p_description": "{description}::text",
-    "p_metadata": "'{{}}'::jsonb",
-}
-SYSTEM_SIDE = {"topup": ("'system:treasury'", "1"), "purchase": ("'system:revenue'", "-1")}
-ENDPOINT = {"topup": "'POST /v1/topups'", "purchase": "'POST /v1/purchases'"}
 
-
-def wallet_request_sql(conn: psycopg.Connection, operation: str, **values: str) -> str:
-    """`wallet_request(...)` for a top-up or a purchase, with SQL expressions for its varying parts."""
-    row = conn.execute(
-        "SELECT proargnames, proargmodes FROM pg_proc WHERE proname = 'wallet_request' AND prokind = 'f'"
-    ).fetchone()
-    assert row is not None, "the database has no wallet_request()"
-    names, modes = row
-    inputs = [name for name, mode in zip(names, modes or ["i"] * len(names), strict=True) if mode in ("i", "b")]
-    unknown = [name for name in inputs if name not in ARGUMENTS]
-    if unknown:
-        raise RuntimeError(f"wallet_request() has arguments the bench does not know: {', '.join(unknown)}")
-    system, sign = SYSTEM_SIDE[operation]
-    filled = {"type": f"'{operation}'", "endpoint": ENDPOINT[operation], "system": system, "sign": sign, **values}
-    arguments = ", ".join(f"{name} => {ARGUMENTS[name].format(**filled)}" for name in inputs)
-    return f"wallet_request({arguments})"
+def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user: str, asset: str, amount: str) -> str:
+    """The call the service makes for one money-moving request of `kind` (ledger.post: `wallet_request()` with a
+    `wallet_item`), with SQL expressions for its varying parts. The legs come from the service's registry."""
+    posting_kind = KINDS[kind]
+    (user_account, user_sign), (system_account, _) = posting_kind.legs("U", 1)
+    assert user_account == "user:U"
+    # pgbench reads ":name" inside a string literal as a variable: the colons of account names are spelled chr(58).
+    system = "'" + system_account.replace(":", "' || chr(58) || '") + "'"
+    request = (
+        f"jsonb_build_object('user_id', {user}, 'asset', {asset}, 'amount', {amount}::bigint,"
+        " 'description', NULL, 'metadata', '{}'::jsonb)"
+    )
+    posting = (
+        f"ROW('{kind}', {user}, {asset}, {amount}::bigint, NULL, '{{}}'::jsonb,"
+        f" ARRAY['user' || chr(58) || {user}, {system}], ARRAY[{asset}, {asset}],"
+        f" ARRAY[{user_sign} * {amount}::bigint, {-user_sign} * {amount}::bigint])::wallet_posting"
+    )
+    item = f"ROW({key}, '{posting_kind.endpoint}', {request}, {posting})::wallet_item"
+    return f"wallet_request({key_id}::bigint, {key_name}::text, gen_random_uuid(), {item})"
 
 
 def bench_key(conn: psycopg.Connection) -> int:
@@ -71,7 +54,6 @@ def top_up(conn: psycopg.Connection, key_id: int, users_sql: str, amount: int, k
     """Tops up each user that `users_sql` (a query of one column `user_id`) yields, through wallet_request();
     returns how many were posted."""
     call = wallet_request_sql(
-        conn,
         "topup",
         key_id=str(key_id),
         key_name=f"'{BENCH_KEY_NAME}'",
@@ -79,9 +61,8 @@ def top_up(conn: psycopg.Connection, key_id: int, users_sql: str, amount: int, k
         user="u.user_id",
         asset="'GOLD'",
         amount=str(amount),
-        description="'bench funding'",
     )
-    row = conn.execute(f"SELECT count(*) FROM ({users_sql}) u, LATERAL {call} r WHERE r.status = 201").fetchone()
+    row = conn.execute(f"SELECT count(*) FROM ({users_sql}) u, LATERAL {call} r WHERE r.outcome = 'created'").fetchone()
     assert row is not None
     return int(row[0])
 
