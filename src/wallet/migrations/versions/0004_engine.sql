@@ -448,7 +448,7 @@ CREATE FUNCTION wallet_batch(
 ) RETURNS SETOF wallet_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_results wallet_outcome[] := '{}';
+    v_results wallet_outcome[] := ARRAY[]::wallet_outcome[];
     v_result wallet_outcome;
     v_failed boolean := false;
 BEGIN
