@@ -59,6 +59,17 @@ async def create(request: Request, key: ApiKey = Depends(kind_key)) -> Response:
     return Response(outcome.transaction.render(), 201, headers, media_type=JSON)
 
 
+def with_link(documented: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """The 201 links to GET /v1/transactions/{id}: clients (and fuzzers) learn where the transaction reads back."""
+    documented[201]["links"] = {
+        "GetTransaction": {
+            "operationRef": "#/paths/~1v1~1transactions~1{transaction_id}/get",
+            "parameters": {"transaction_id": "$response.body#/id"},
+        }
+    }
+    return documented
+
+
 for _kind in KINDS.values():
     router.add_api_route(
         _kind.path,
@@ -69,7 +80,7 @@ for _kind in KINDS.values():
         summary=_kind.summary,
         name=f"create_{_kind.type}",
         openapi_extra={**openapi.body(MovementRequest), "parameters": [openapi.IDEMPOTENCY_KEY_HEADER]},
-        responses=responses(201, Transaction, "Posted.", *POSTING_CODES, *_kind.codes),
+        responses=with_link(responses(201, Transaction, "Posted.", *POSTING_CODES, *_kind.codes)),
     )
 
 
