@@ -2,12 +2,14 @@
 engine can write must be in), and each bound (one SQL function, one Python constant, agreeing)."""
 
 import re
+import uuid
 from pathlib import Path
 
 import asyncpg
 
-from wallet import models
+from wallet import keys, models
 from wallet.errors import CODES
+from wallet.kinds import KINDS
 
 VERSIONS = Path(__file__).resolve().parent.parent / "src" / "wallet" / "migrations" / "versions"
 
@@ -36,3 +38,12 @@ async def test_each_bound_is_one_sql_function_that_python_agrees_with(db: asyncp
         "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'accounts'::regclass"
     )
     assert not any("1000000000000000000" in row["def"] for row in checks), [dict(row) for row in checks]
+
+
+async def test_every_scope_of_the_registry_is_one_the_schema_accepts(db: asyncpg.Connection) -> None:
+    """A kind with a new scope needs a revision that widens api_keys' CHECK: this fails until it has one."""
+    async with db.transaction():
+        secret = await keys.create(db, f"every-scope-{uuid.uuid4().hex[:8]}", list(keys.SCOPES))
+        found = await keys.find(db, keys.hash_secret(secret))
+        assert found is not None and found.scopes == frozenset(keys.SCOPES)
+        assert {kind.scope for kind in KINDS.values()} <= found.scopes

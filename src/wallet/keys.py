@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-SCOPES = ("read", "topup", "bonus", "purchase", "admin")
+from wallet.kinds import KINDS
+
+# read, then the scope of each posting kind of the registry, then admin (which holds them all).
+SCOPES = ("read", *dict.fromkeys(kind.scope for kind in KINDS.values()), "admin")
 BOOTSTRAP_KEY_NAME = "bootstrap"
 FIRST_ADMIN_KEY_NAME = "admin"
 SECRET_LENGTH_MAX = 512
