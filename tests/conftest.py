@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -24,7 +23,7 @@ import psutil
 import pytest
 from fastapi import FastAPI
 
-from tests.support import create_user, free_port, own_database
+from tests.support import WALLET, create_user, free_port, own_database, wallet_verify
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -33,7 +32,6 @@ from wallet.http.app import create_app
 from wallet.seed import seed
 
 ROOT = Path(__file__).resolve().parent.parent
-WALLET = str(Path(sys.executable).with_name("wallet"))
 
 
 @pytest.fixture(scope="session")
@@ -78,14 +76,7 @@ async def db(database_url: str, settings: Settings) -> AsyncIterator[asyncpg.Con
 def ledger_verified_at_end(database_url: str, request: pytest.FixtureRequest) -> Iterator[None]:
     """After every test has run, `wallet verify` must find a clean ledger; its report is printed."""
     yield
-    result = subprocess.run(
-        [WALLET, "verify"],
-        env={**os.environ, "WALLET_DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = wallet_verify(database_url)
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print("\nwallet verify on the test database:\n" + result.stdout.rstrip())

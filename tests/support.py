@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -190,6 +194,21 @@ def with_database(url: str, name: str) -> str:
     """The same server's URL, for the database `name`."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+WALLET = str(Path(sys.executable).with_name("wallet"))
+
+
+def wallet_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+    """`wallet verify` on a database, as an operator runs it; its report is in stdout."""
+    return subprocess.run(
+        [WALLET, "verify"],
+        env={**os.environ, "WALLET_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @contextlib.contextmanager

