@@ -26,8 +26,11 @@ def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user:
         f" ARRAY['user' || chr(58) || {user}, {system}], ARRAY[{asset}, {asset}],"
         f" ARRAY[{user_sign} * {amount}::bigint, {-user_sign} * {amount}::bigint])::wallet_posting"
     )
-    item = f"ROW({key}, '{posting_kind.endpoint}', {request}, {posting})::wallet_item"
-    return f"wallet_request({key_id}::bigint, {key_name}::text, gen_random_uuid(), {item})"
+    item = (
+        f"ROW({key_id}::bigint, {key_name}::text, gen_random_uuid(), {key}, '{posting_kind.endpoint}', {request},"
+        f" {posting})::wallet_item"
+    )
+    return f"wallet_request({item})"
 
 
 def bench_key(conn: psycopg.Connection) -> int:

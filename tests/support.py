@@ -267,15 +267,18 @@ async def post_legs(
     metadata: dict[str, Any] | None = None,
     key_name: str = "engine-test",
 ) -> asyncpg.Record:
-    """The posting engine called directly: `wallet_post()` with these legs, all in `asset`. The record has the
-    transaction id (`transaction_id`) or the problem (`problem`: code and detail)."""
+    """The posting engine called directly: `wallet_request()` with these legs, all in `asset`, and no idempotency
+    key. The record has the transaction id (`transaction_id`) or the problem (`problem`: code and detail)."""
     accounts = [account for account, _ in legs]
     amounts = [value for _, value in legs]
     if amount is None:
         amount = max((abs(value) for value in amounts), default=1) or 1
     posting = (type_, user_id, asset, amount, description, metadata, accounts, [asset] * len(legs), amounts)
     row = await db.fetchrow(
-        "SELECT transaction_id, problem FROM wallet_post($1::wallet_posting, $2, NULL)", posting, key_name
+        "SELECT transaction_id, problem FROM wallet_request("
+        " ROW(NULL, $2, gen_random_uuid(), NULL, NULL, NULL, $1::wallet_posting)::wallet_item)",
+        posting,
+        key_name,
     )
     assert row is not None
     return row

@@ -242,3 +242,34 @@ async def test_parallel_topups_for_many_users(http: httpx.AsyncClient, api_keys:
     treasury = ("system:treasury", "LOYALTY")
     assert system_after[treasury] - system_before[treasury] == -sum(body["amount"] for body in operations)
     await assert_ledger_sums_to_zero(db)
+
+
+async def test_concurrent_requests_share_transactions_and_each_keeps_its_own_outcome(
+    http: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection
+):
+    """Group commit: requests a worker has in hand at once go to the database as one transaction (fewer commits
+    than requests, seen in the transactions' xmin), and each still gets its own answer: a refused purchase, an
+    unknown user and a replayed key beside successes."""
+    users = [await create_user(http, api_keys) for _ in range(48)]
+    ghost = new_id("ghost")
+    replay_key = new_id("replay")
+    first = await move(http, api_keys, "topup", {"user_id": users[0], "asset": "GOLD", "amount": 5}, replay_key)
+    assert first.status_code == 201
+    sent = [("topup", {"user_id": user_id, "asset": "GOLD", "amount": 10}, None) for user_id in users]
+    sent += [("purchase", {"user_id": users[1], "asset": "DIAMOND", "amount": 1}, None)]  # nothing to spend
+    sent += [("topup", {"user_id": ghost, "asset": "GOLD", "amount": 1}, None)]
+    sent += [("topup", {"user_id": users[0], "asset": "GOLD", "amount": 5}, replay_key)]
+    responses = await asyncio.gather(*(move(http, api_keys, kind, body, key) for kind, body, key in sent))
+
+    assert [r.status_code for r in responses] == [201] * 48 + [409, 404, 201], [r.text for r in responses[-3:]]
+    assert responses[-3].json()["code"] == "insufficient_funds"
+    assert responses[-2].json()["code"] == "user_not_found"
+    assert replayed(responses[-1]) and responses[-1].content == first.content
+    commits = await db.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM transactions WHERE user_id = ANY($1) AND amount = 10", users
+    )
+    print(f"\n48 concurrent top-ups committed in {commits} transactions")
+    assert commits <= 40, "requests hardly shared transactions"
+    for user_id in users:
+        assert await balance(http, api_keys, user_id, "GOLD") == 10 + (5 if user_id == users[0] else 0)
+    await assert_ledger_sums_to_zero(db)

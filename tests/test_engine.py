@@ -1,4 +1,5 @@
-"""The posting engine alone: wallet_post() and the stripes of system accounts, called through SQL.
+"""The posting engine alone: wallet_request() without an idempotency key, and the stripes of system accounts,
+called through SQL.
 
 The engine accepts any balanced set of legs. Tests that only read or that must not persist run in a
 transaction that is rolled back; tests that commit write balanced postings on their own users, so the ledger
@@ -46,7 +47,7 @@ async def new_user(db: asyncpg.Connection, prefix: str = "e") -> str:
 
 @dataclass(frozen=True)
 class Posted:
-    """What wallet_post() returned: the transaction, or the problem's code and detail."""
+    """What the engine returned: the transaction, or the problem's code and detail."""
 
     transaction_id: int | None
     code: str | None
@@ -184,7 +185,11 @@ async def test_malformed_legs_raise_wl900(
     assets = None if named is None else ["GOLD"] * len(named)
     posting = ("transfer", user_id, "GOLD", 100, None, None, named, assets, amounts)
     with pytest.raises(asyncpg.PostgresError) as raised:
-        await db.fetchrow("SELECT * FROM wallet_post($1::wallet_posting, $2, NULL)", posting, KEY_NAME)
+        await db.fetchrow(
+            "SELECT * FROM wallet_request(ROW(NULL, $2, gen_random_uuid(), NULL, NULL, NULL, $1)::wallet_item)",
+            posting,
+            KEY_NAME,
+        )
     assert raised.value.sqlstate == "WL900", raised.value
     assert await stored_balance(db, f"user:{user_id}") == before
 

@@ -130,6 +130,7 @@ def serve(
             log_config=None,
             timeout_graceful_shutdown=10,
             server_header=False,
+            proxy_headers=False,  # X-Forwarded-* are not trusted: the service reads no client address from them
         )
 
 

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Requests per second per API key unless the key sets its own; 0 = off.",
     )
     redis_url: str | None = Field(default=None, description="Shares rate limits across workers and servers.")
+    group_commit_items_max: int = Field(
+        default=64, ge=1, le=1000, description="Requests of a worker that may share one transaction; 1 = off."
+    )
+    group_commit_groups_max: int = Field(
+        default=4, ge=1, le=100, description="Groups of a worker on their way to the database at once."
+    )
 
 
 @lru_cache(maxsize=1)

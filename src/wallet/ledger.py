@@ -106,8 +106,9 @@ def _outcome(row: asyncpg.Record, movement: Movement) -> Outcome:
     return Outcome(row["outcome"], transaction, None)
 
 
-def _item(idempotency_key: str, movement: Movement) -> tuple[Any, ...]:
-    """A `wallet_item`: the key, the fingerprint it is bound to, and the posting (a `wallet_posting`)."""
+def _item(caller: Caller, idempotency_key: str, movement: Movement) -> tuple[Any, ...]:
+    """A `wallet_item`: who sends it, the key, the fingerprint it is bound to, and the posting (a
+    `wallet_posting`) that the kind's template makes of the request."""
     kind = movement.kind
     legs = kind.legs(movement.user_id, movement.amount)
     posting = (
@@ -121,7 +122,15 @@ def _item(idempotency_key: str, movement: Movement) -> tuple[Any, ...]:
         [movement.asset] * len(legs),
         [amount for _, amount in legs],
     )
-    return (idempotency_key, kind.endpoint, movement.request(), posting)
+    return (
+        caller.api_key_id,
+        caller.api_key_name,
+        caller.attempt_id,
+        idempotency_key,
+        kind.endpoint,
+        movement.request(),
+        posting,
+    )
 
 
 async def post(database: Database, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
@@ -131,34 +140,25 @@ async def post(database: Database, caller: Caller, idempotency_key: str, movemen
 
 async def post_on(conn: asyncpg.Connection, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
     """`post` on a connection of the caller's (the seed's)."""
-    row = await conn.fetchrow(
-        "SELECT * FROM wallet_request($1, $2, $3, $4)",
-        caller.api_key_id,
-        caller.api_key_name,
-        caller.attempt_id,
-        _item(idempotency_key, movement),
-    )
+    row = await conn.fetchrow("SELECT * FROM wallet_request($1)", _item(caller, idempotency_key, movement))
     assert row is not None
     return _outcome(row, movement)
 
 
 @dataclass(frozen=True, slots=True)
-class BatchItem:
+class Request:
+    """One money-moving request, as a batch item or a request the service coalesces with others."""
+
+    caller: Caller
     idempotency_key: str
     movement: Movement
 
 
-async def post_batch(database: Database, caller: Caller, atomic: bool, items: list[BatchItem]) -> list[Outcome]:
-    """Posts every item in one statement (one transaction); outcomes in request order."""
-    rows = await database.fetch(
-        "SELECT * FROM wallet_batch($1, $2, $3, $4, $5)",
-        caller.api_key_id,
-        caller.api_key_name,
-        caller.attempt_id,
-        atomic,
-        [_item(item.idempotency_key, item.movement) for item in items],
-    )
-    return [_outcome(row, item.movement) for row, item in zip(rows, items, strict=True)]
+async def post_batch(database: Database, atomic: bool, requests: list[Request]) -> list[Outcome]:
+    """Posts every request in one statement (one transaction), each through the item path; outcomes in order."""
+    items = [_item(r.caller, r.idempotency_key, r.movement) for r in requests]
+    rows = await database.fetch("SELECT * FROM wallet_batch($1, $2)", atomic, items)
+    return [_outcome(row, request.movement) for row, request in zip(rows, requests, strict=True)]
 
 
 def differences(stored: dict[str, Any], endpoint: str, request: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""What handlers share, kept on the app: settings, the database, the API key cache, the rate limiter."""
+"""What handlers share, kept on the app: settings, the database, the API key cache, the rate limiter, group commit."""
 
 from dataclasses import dataclass
 
@@ -6,6 +6,7 @@ from fastapi import Request
 
 from wallet.config import Settings
 from wallet.database import Database
+from wallet.groupcommit import GroupCommit
 from wallet.keys import KeyCache
 from wallet.ratelimit import RateLimiter
 
@@ -16,14 +17,17 @@ class Services:
     database: Database
     key_cache: KeyCache
     rate_limiter: RateLimiter
+    group_commit: GroupCommit
 
     @classmethod
     def create(cls, settings: Settings, database_url: str) -> "Services":
+        database = Database(database_url, settings)
         return cls(
             settings,
-            Database(database_url, settings),
+            database,
             KeyCache(settings.api_key_cache_ttl_ms),
             RateLimiter(settings.redis_url, settings.rate_limit_per_s),
+            GroupCommit(database, settings.group_commit_items_max, settings.group_commit_groups_max),
         )
 
 

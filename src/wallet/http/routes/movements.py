@@ -13,10 +13,10 @@ from wallet.http import body, openapi, problems
 from wallet.http.auth import authenticate, bearer, require
 from wallet.http.envelope import context
 from wallet.http.openapi import responses
-from wallet.http.services import database
+from wallet.http.services import database, services
 from wallet.keys import ApiKey
 from wallet.kinds import KINDS, KINDS_BY_PATH
-from wallet.ledger import BatchItem, Caller, Movement
+from wallet.ledger import Caller, Movement
 from wallet.models import BatchRequest, BatchResponse, MovementRequest, Transaction
 from wallet.render import public_id
 
@@ -50,7 +50,7 @@ async def create(request: Request, key: ApiKey = Depends(kind_key)) -> Response:
     sent = await body.read(request, MovementRequest)
     movement = Movement(kind, sent.user_id, sent.asset, sent.amount, sent.description, sent.metadata)
     caller = Caller(key.id, key.name, uuid.uuid4())  # the attempt id is the same across the service's retries
-    outcome = await ledger.post(database(request), caller, idempotency_key, movement)
+    outcome = await services(request).group_commit.post(ledger.Request(caller, idempotency_key, movement))
     headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else {}
     if outcome.transaction is None:
         failure = problems.of_outcome(outcome, idempotency_key, kind.endpoint, movement.request())
@@ -116,13 +116,16 @@ async def batch(request: Request, key: ApiKey = Depends(require(*(kind.scope for
     if missing:
         raise Forbidden(f"The key {key.name} lacks the {', '.join(missing)} scope(s) this batch needs.")
     _repeated_keys(sent)
+    caller = Caller(key.id, key.name, uuid.uuid4())
     items = [
-        BatchItem(
-            op.idempotency_key, Movement(KINDS[op.type], op.user_id, op.asset, op.amount, op.description, op.metadata)
+        ledger.Request(
+            caller,
+            op.idempotency_key,
+            Movement(KINDS[op.type], op.user_id, op.asset, op.amount, op.description, op.metadata),
         )
         for op in sent.operations
     ]
-    outcomes = await ledger.post_batch(database(request), Caller(key.id, key.name, uuid.uuid4()), sent.atomic, items)
+    outcomes = await ledger.post_batch(database(request), sent.atomic, items)
     results: list[dict[str, Any]] = []
     for item, outcome in zip(items, outcomes, strict=True):
         if outcome.transaction is not None:

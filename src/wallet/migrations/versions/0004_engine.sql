@@ -10,11 +10,6 @@
 CREATE FUNCTION wallet_balance_max() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1000000000000000000::bigint $$;
 
--- User balances, checked by the table itself with the bound named once (0001 wrote it as a number, in two CHECKs).
-ALTER TABLE accounts
-    DROP CONSTRAINT user_balance_not_negative, DROP CONSTRAINT user_balance_max,
-    ADD CONSTRAINT user_balance CHECK (kind = 'system' OR balance BETWEEN 0 AND wallet_balance_max());
-
 CREATE FUNCTION wallet_issuance_max() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 2305843009213693952::bigint $$;  -- 2^61
 
@@ -39,10 +34,11 @@ ALTER TABLE accounts ADD COLUMN balance_min bigint;
 
 CREATE TABLE account_stripes (
     account_id bigint NOT NULL REFERENCES accounts (id),
-    stripe     smallint NOT NULL CHECK (stripe >= 0),
+    stripe     smallint NOT NULL,
     balance    bigint NOT NULL DEFAULT 0,
-    room       bigint NOT NULL CHECK (room >= 0),
-    PRIMARY KEY (account_id, stripe)
+    room       bigint NOT NULL,
+    PRIMARY KEY (account_id, stripe),
+    CONSTRAINT stripe_bounds CHECK (stripe >= 0 AND room >= 0)
 );
 
 -- Issuers are the system accounts that credits come from; every other account is a sink, floored at 0.
@@ -89,7 +85,17 @@ BEGIN
     UPDATE accounts SET balance = 0 WHERE kind = 'system';
 END
 $$;
-ALTER TABLE accounts ADD CONSTRAINT system_balance_min CHECK ((kind = 'system') = (balance_min IS NOT NULL));
+-- What an account may be, in one CHECK (see the bounds of transactions below for why one): a user's account, named
+-- after its user, within 0..10^18 (wallet_balance_max(), written as a number: a function in a CHECK is planned again
+-- for every statement that writes the table; test_codes.py checks that the two agree), or a system account with a
+-- floor.
+ALTER TABLE accounts
+    DROP CONSTRAINT accounts_kind_check, DROP CONSTRAINT accounts_name_check, DROP CONSTRAINT account_owner,
+    DROP CONSTRAINT user_balance_not_negative, DROP CONSTRAINT user_balance_max,
+    ADD CONSTRAINT account_kinds CHECK (
+        kind = 'user' AND user_id IS NOT NULL AND name = 'user:' || user_id AND balance_min IS NULL
+            AND balance BETWEEN 0 AND 1000000000000000000
+        OR kind = 'system' AND user_id IS NULL AND name ~ '^system:[a-z_]{1,32}$' AND balance_min IS NOT NULL);
 COMMENT ON COLUMN accounts.balance IS 'users: the balance; system accounts: 0, their balance is the sum of their stripes';
 
 DROP VIEW account_balances;
@@ -139,13 +145,19 @@ CREATE TYPE wallet_posting AS (
     amounts     bigint[]
 );
 
--- A money-moving request: its idempotency key, the fingerprint the key is bound to (endpoint and canonical
--- request), and the posting it asks for.
+-- A money-moving request: who sent it (the API key, whose name the transaction records and to which the
+-- idempotency key belongs, and the attempt id of the HTTP request, the same across the service's own retries of
+-- it), its idempotency key, the fingerprint the key is bound to (endpoint and canonical request), and the posting
+-- it asks for. A posting the ledger makes by itself has no key (NULL). A batch may carry items of several callers
+-- (the service coalesces concurrent requests into one transaction).
 CREATE TYPE wallet_item AS (
-    key      text,
-    endpoint text,
-    request  jsonb,
-    posting  wallet_posting
+    api_key_id   bigint,
+    api_key_name text,
+    attempt_id   uuid,
+    key          text,
+    endpoint     text,
+    request      jsonb,
+    posting      wallet_posting
 );
 
 -- Why a posting that wrote nothing did not apply, looked at under the user accounts' locks: the first unknown
@@ -194,144 +206,6 @@ BEGIN
 END
 $$;
 
--- The idempotency record a posting is made under: the API key that sent it, the key, the fingerprint it binds
--- (endpoint and canonical request), and the attempt id of the HTTP request, the same across the service's retries.
-CREATE TYPE wallet_key AS (
-    api_key_id bigint,
-    key        text,
-    endpoint   text,
-    request    jsonb,
-    attempt_id uuid
-);
-
--- The posting engine: writes any balanced set of legs, atomically, with its idempotency record when it has a
--- key, or writes nothing. One statement does the work: user balances move by conditional updates (the balance
--- check is the write), the transaction, its entries and the key's record are inserted, and each system leg moves
--- the stripe of this connection within its room. A gate in front of it holds everything back when the key was
--- seen before, an account is unknown, a stripe lacks room, or (postings with several user legs, whose accounts
--- are locked in id order first, so that no two postings deadlock) a user bound would break; then the caller
--- learns why: `seen` (replay), or the problem, found under the user accounts' locks. User accounts are always
--- locked before stripes. Returns the transaction's id, creation time and stored metadata, and each leg's
--- balance after (NULL on system legs).
-CREATE FUNCTION wallet_post(
-    p wallet_posting, p_api_key_name text, p_key wallet_key,
-    OUT transaction_id bigint, OUT created_at timestamptz, OUT balances bigint[], OUT metadata text,
-    OUT problem jsonb, OUT seen boolean
-)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_stripe int := pg_backend_pid() % wallet_stripe_count();
-    v_legs int := coalesce(cardinality(p.accounts), 0);
-    v_user_legs int := 0;
-    v_result record;
-    v_leg record;
-BEGIN
-    -- The legs balance per asset, name distinct accounts, and none is 0 (checked without a query for two legs).
-    IF v_legs < 2 OR v_legs <> coalesce(cardinality(p.assets), 0) OR v_legs <> coalesce(cardinality(p.amounts), 0)
-       OR 0 = ANY (p.amounts) OR array_position(p.amounts, NULL) IS NOT NULL
-       OR (CASE WHEN v_legs = 2 THEN p.assets[1] <> p.assets[2] OR p.amounts[1] + p.amounts[2] <> 0
-                                     OR p.accounts[1] = p.accounts[2]
-                ELSE EXISTS (SELECT FROM unnest(p.assets, p.amounts) AS l (asset, amount)
-                              GROUP BY l.asset HAVING sum(l.amount) <> 0)
-                     OR (SELECT count(DISTINCT (l.name, l.asset)) FROM unnest(p.accounts, p.assets) AS l (name, asset))
-                        <> v_legs END) THEN
-        RAISE EXCEPTION 'unbalanced posting: % % %', p.accounts, p.assets, p.amounts USING ERRCODE = 'WL900';
-    END IF;
-    FOR i IN 1..v_legs LOOP
-        v_user_legs := v_user_legs + (p.accounts[i] LIKE 'user:%')::int;
-    END LOOP;
-    IF v_user_legs > 1 THEN
-        PERFORM 1 FROM accounts a JOIN unnest(p.accounts, p.assets) AS l (name, asset)
-                                  ON a.name = l.name AND a.asset = l.asset
-         WHERE a.kind = 'user' ORDER BY a.id FOR NO KEY UPDATE OF a;
-    END IF;
-
-    FOR attempt IN 1..3 LOOP
-        WITH legs AS (
-            SELECT l.ord, l.amount, a.id, a.kind
-              FROM unnest(p.accounts, p.assets, p.amounts) WITH ORDINALITY AS l (name, asset, amount, ord)
-              JOIN accounts a ON a.name = l.name AND a.asset = l.asset
-        ), gate AS (
-            SELECT EXISTS (SELECT FROM idempotency_keys k
-                            WHERE k.api_key_id = (p_key).api_key_id AND k.key = (p_key).key) AS seen,
-                   (SELECT count(*) FROM legs) = v_legs AS known,
-                   NOT EXISTS (SELECT FROM legs l JOIN account_stripes s ON s.account_id = l.id AND s.stripe = v_stripe
-                                WHERE s.room + l.amount < 0) AS roomy,
-                   -- exact when the user accounts are locked above; with one user leg, the UPDATE decides
-                   v_user_legs < 2 OR NOT EXISTS (SELECT FROM legs l JOIN accounts a ON a.id = l.id
-                                                   WHERE l.kind = 'user'
-                                                     AND a.balance + l.amount NOT BETWEEN 0 AND wallet_balance_max())
-                       AS bounded
-        ), moved AS (
-            UPDATE accounts a SET balance = a.balance + l.amount
-              FROM legs l, gate g
-             WHERE a.id = l.id AND l.kind = 'user' AND NOT g.seen AND g.known AND g.roomy AND g.bounded
-               AND a.balance + l.amount BETWEEN 0 AND wallet_balance_max()
-            RETURNING a.id, a.balance
-        ), posted AS (
-            INSERT INTO transactions (type, asset, user_id, amount, description, metadata, api_key_name)
-            SELECT p.type, p.asset, p.user_id, p.amount, p.description, coalesce(p.metadata, '{}'), p_api_key_name
-              FROM gate g
-             WHERE NOT g.seen AND g.known AND g.roomy AND (SELECT count(*) FROM moved) = v_user_legs
-            RETURNING transactions.id, transactions.created_at, transactions.metadata
-        ), striped AS (
-            UPDATE account_stripes s SET balance = s.balance + l.amount, room = s.room + l.amount
-              FROM legs l, posted
-             WHERE s.account_id = l.id AND s.stripe = v_stripe AND l.kind = 'system' AND s.room + l.amount >= 0
-            RETURNING s.account_id
-        ), written AS (
-            INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
-            SELECT posted.id, l.ord, l.id, l.amount, m.balance
-              FROM posted CROSS JOIN legs l LEFT JOIN moved m ON m.id = l.id
-            RETURNING leg, balance_after
-        ), keyed AS (
-            INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, transaction_id, attempt_id)
-            SELECT (p_key).api_key_id, (p_key).key, (p_key).endpoint, (p_key).request, posted.id, (p_key).attempt_id
-              FROM posted WHERE p_key IS NOT NULL
-        )
-        SELECT posted.id, posted.created_at, posted.metadata::text AS metadata,
-               (SELECT array_agg(w.balance_after ORDER BY w.leg) FROM written w) AS balances,
-               (SELECT count(*) FROM striped) AS striped, g.seen, g.known, g.roomy
-          INTO v_result
-          FROM gate g LEFT JOIN posted ON true;
-
-        IF v_result.id IS NOT NULL THEN
-            IF v_result.striped <> v_legs - v_user_legs THEN  -- a stripe lost its room between the read and the lock
-                RAISE EXCEPTION 'stripe room taken concurrently' USING ERRCODE = '40001';
-            END IF;
-            transaction_id := v_result.id;
-            created_at := v_result.created_at;
-            balances := v_result.balances;
-            metadata := v_result.metadata;
-            RETURN;
-        ELSIF v_result.seen THEN
-            seen := true;
-            RETURN;
-        ELSIF v_result.known AND NOT v_result.roomy THEN  -- a stripe is short: gather room from the others, or refuse
-            FOR v_leg IN
-                SELECT a.id, a.name, a.asset, l.amount
-                  FROM unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
-                  JOIN accounts a ON a.name = l.name AND a.asset = l.asset
-                 WHERE a.kind = 'system' AND l.amount < 0 ORDER BY a.id
-            LOOP
-                IF NOT wallet_stripe_gather(v_leg.id, v_stripe, -v_leg.amount) THEN
-                    problem := wallet_problem('supply_limit_exceeded',
-                        format('Taking %s %s from %s would pass its floor of %s: the supply of %s is capped.',
-                               -v_leg.amount, v_leg.asset, v_leg.name, wallet_system_floor(v_leg.name), v_leg.asset));
-                    RETURN;
-                END IF;
-            END LOOP;
-        ELSE  -- an unknown user or asset, or a user bound, under the lock; NULL: all is there now, post again
-            problem := wallet_refusal(p);
-            IF problem IS NOT NULL THEN
-                RETURN;
-            END IF;
-        END IF;
-    END LOOP;
-    RAISE EXCEPTION 'posting did not settle after 3 attempts' USING ERRCODE = '40001';
-END
-$$;
-
 -- Stored transactions as rows, one per id, with their legs in order: the service renders them (one renderer in
 -- Python for POST, GET, history and replays). `balance_after` is the user's, `metadata` jsonb's own text.
 CREATE FUNCTION wallet_transactions(p_ids bigint[])
@@ -360,7 +234,7 @@ ALTER TABLE entries DROP CONSTRAINT entries_transaction_id_fkey;
 ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_transaction_id_fkey;
 
 -- The same bounds, in one CHECK per table and without regular expressions: PostgreSQL reads and prepares every
--- CHECK of a table again for each statement that writes it, and the eight of these two tables cost a sixth of a
+-- CHECK of a table again for each statement that writes it, and the eleven of these three tables cost a sixth of a
 -- posting's time. The formats they also checked (type, asset) come from rows that check them (assets) or from
 -- the engine's templates.
 ALTER TABLE transactions
@@ -372,6 +246,9 @@ ALTER TABLE transactions
         amount > 0 AND char_length(type) BETWEEN 1 AND 32 AND char_length(asset) BETWEEN 2 AND 16
         AND char_length(user_id) <= 64 AND char_length(description) <= 500 AND char_length(api_key_name) <= 64
         AND jsonb_typeof(metadata) = 'object');
+ALTER TABLE entries
+    DROP CONSTRAINT entries_leg_check, DROP CONSTRAINT entries_amount_check, DROP CONSTRAINT entries_balance_after_check,
+    ADD CONSTRAINT entry_bounds CHECK (leg >= 1 AND amount <> 0 AND balance_after >= 0);
 ALTER TABLE idempotency_keys
     DROP CONSTRAINT idempotency_keys_key_check, DROP CONSTRAINT idempotency_keys_endpoint_check,
     ADD CONSTRAINT idempotency_key_bounds CHECK (
@@ -394,33 +271,145 @@ CREATE TYPE wallet_outcome AS (
     problem        jsonb
 );
 
--- One money-moving request, the item path of single requests and batches alike: the posting runs and its outcome
--- is recorded under the key, in the caller's transaction; or the key was seen before, and its outcome is replayed
--- (or the request is `reused` when it differs, or is this request's own earlier run when the attempt id matches).
--- Two requests with one key at once both reach the INSERT; the second fails on the primary key (23505) when
--- the first commits, which undoes it whole, and the service runs it again: then it replays.
+-- The posting engine and the item path of every request, single or in a batch: writes any balanced set of legs,
+-- atomically, with the idempotency record of its key (an item without a key writes none), or writes nothing.
+--
+-- One statement does the work: user balances move by conditional updates (the balance check is the write), the
+-- transaction, its entries and the key's record are inserted, and each system leg moves the stripe of this
+-- connection, within its room. A gate in front of it holds everything back when the key was seen before, an
+-- account is unknown, a stripe lacks room, or (postings with several user legs, whose accounts are locked in id
+-- order first, so that no two postings deadlock) a user bound would break. Then the slow paths find out why: a
+-- seen key replays its outcome (or the request is `reused` when it differs, or is this request's own earlier
+-- run when the attempt id matches); a short stripe gathers room from the others, or the supply is exhausted; an
+-- unknown user or asset, or a user bound found under the user accounts' locks, is the problem, recorded under
+-- the key in the same transaction. User accounts are always locked before stripes.
+--
+-- Two requests with one key at once both pass the gate; the second fails on the record's primary key (23505)
+-- when the first commits, which undoes it whole, and the service runs it again: then it replays.
 -- outcome: 'created' | 'failed' (a recorded problem) | 'replayed' | 'reused' (problem: what was first sent).
 -- A replay returns the stored transaction's values: with the same request, its other fields are the request's.
-CREATE FUNCTION wallet_request(p_api_key_id bigint, p_api_key_name text, p_attempt_id uuid, p_item wallet_item)
+CREATE FUNCTION wallet_request(p_item wallet_item)
 RETURNS wallet_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key wallet_key := ROW(p_api_key_id, p_item.key, p_item.endpoint, p_item.request, p_attempt_id);
-    v_stored idempotency_keys;
-    v_post record;
-    v_result wallet_outcome;
     p wallet_posting := p_item.posting;
+    p_api_key_id bigint := p_item.api_key_id;
+    p_api_key_name text := p_item.api_key_name;
+    p_attempt_id uuid := p_item.attempt_id;
+    v_stripe int := pg_backend_pid() % wallet_stripe_count();
+    v_legs int := coalesce(cardinality(p.accounts), 0);
+    v_user_legs int := 0;
+    v_bounded boolean := true;  -- with one user leg the UPDATE decides; with several, the locked read above
+    v_posted record;
+    v_leg record;
+    v_stored idempotency_keys;
+    v_problem jsonb;
+    v_result wallet_outcome;
 BEGIN
-    v_post := wallet_post(p, p_api_key_name, v_key);
-    IF v_post.transaction_id IS NOT NULL THEN
-        RETURN ROW('created', v_post.transaction_id, v_post.created_at,
-                   v_post.balances[array_position(p.accounts, 'user:' || p.user_id)], v_post.metadata, NULL
-               )::wallet_outcome;
-    ELSIF v_post.problem IS NOT NULL THEN
-        INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, problem, attempt_id)
-        VALUES (p_api_key_id, p_item.key, p_item.endpoint, p_item.request, v_post.problem, p_attempt_id);
-        RETURN ROW('failed', NULL, NULL, NULL, NULL, v_post.problem)::wallet_outcome;
+    -- The legs balance per asset, name distinct accounts, and none is 0 (checked without a query for two legs).
+    IF v_legs < 2 OR v_legs <> coalesce(cardinality(p.assets), 0) OR v_legs <> coalesce(cardinality(p.amounts), 0)
+       OR 0 = ANY (p.amounts) OR array_position(p.amounts, NULL) IS NOT NULL
+       OR (CASE WHEN v_legs = 2 THEN p.assets[1] <> p.assets[2] OR p.amounts[1] + p.amounts[2] <> 0
+                                     OR p.accounts[1] = p.accounts[2]
+                ELSE EXISTS (SELECT FROM unnest(p.assets, p.amounts) AS l (asset, amount)
+                              GROUP BY l.asset HAVING sum(l.amount) <> 0)
+                     OR (SELECT count(DISTINCT (l.name, l.asset)) FROM unnest(p.accounts, p.assets) AS l (name, asset))
+                        <> v_legs END) THEN
+        RAISE EXCEPTION 'unbalanced posting: % % %', p.accounts, p.assets, p.amounts USING ERRCODE = 'WL900';
     END IF;
+    FOR i IN 1..v_legs LOOP
+        v_user_legs := v_user_legs + (p.accounts[i] LIKE 'user:%')::int;
+    END LOOP;
+    IF v_user_legs > 1 THEN  -- lock the user accounts in id order, and see whether every bound holds under the locks
+        SELECT coalesce(bool_and(locked.balance + locked.amount BETWEEN 0 AND wallet_balance_max()), true)
+          INTO v_bounded
+          FROM (SELECT a.balance, l.amount
+                  FROM accounts a JOIN unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
+                                  ON a.name = l.name AND a.asset = l.asset
+                 WHERE a.kind = 'user' ORDER BY a.id FOR NO KEY UPDATE OF a) locked;
+    END IF;
+
+    FOR attempt IN 1..3 LOOP
+        WITH legs AS (
+            SELECT l.ord, l.amount, a.id, a.kind,
+                   CASE WHEN a.kind = 'system' THEN (SELECT s.room FROM account_stripes s
+                                                      WHERE s.account_id = a.id AND s.stripe = v_stripe) END AS room
+              FROM unnest(p.accounts, p.assets, p.amounts) WITH ORDINALITY AS l (name, asset, amount, ord)
+              JOIN accounts a ON a.name = l.name AND a.asset = l.asset
+        ), gate AS (
+            SELECT EXISTS (SELECT FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_item.key)
+                       AS seen,
+                   (SELECT count(*) FROM legs) = v_legs AS known,
+                   NOT EXISTS (SELECT FROM legs l WHERE l.kind = 'system' AND l.room + l.amount < 0) AS roomy
+        ), moved AS (
+            UPDATE accounts a SET balance = a.balance + l.amount
+              FROM legs l, gate g
+             WHERE a.id = l.id AND l.kind = 'user' AND NOT g.seen AND g.known AND g.roomy AND v_bounded
+               AND a.balance + l.amount BETWEEN 0 AND wallet_balance_max()
+            RETURNING a.id, a.balance
+        ), posted AS (
+            INSERT INTO transactions (type, asset, user_id, amount, description, metadata, api_key_name)
+            SELECT p.type, p.asset, p.user_id, p.amount, p.description, coalesce(p.metadata, '{}'), p_api_key_name
+              FROM gate g
+             WHERE NOT g.seen AND g.known AND g.roomy AND (SELECT count(*) FROM moved) = v_user_legs
+            RETURNING transactions.id, transactions.created_at, transactions.metadata
+        ), striped AS (
+            UPDATE account_stripes s SET balance = s.balance + l.amount, room = s.room + l.amount
+              FROM legs l, posted
+             WHERE s.account_id = l.id AND s.stripe = v_stripe AND l.kind = 'system' AND s.room + l.amount >= 0
+            RETURNING s.account_id
+        ), written AS (
+            INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
+            SELECT posted.id, l.ord, l.id, l.amount, m.balance
+              FROM posted CROSS JOIN legs l LEFT JOIN moved m ON m.id = l.id
+        ), keyed AS (
+            INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, transaction_id, attempt_id)
+            SELECT p_api_key_id, p_item.key, p_item.endpoint, p_item.request, posted.id, p_attempt_id
+              FROM posted WHERE p_item.key IS NOT NULL
+        )
+        SELECT posted.id, posted.created_at, posted.metadata::text AS metadata,
+               (SELECT m.balance FROM moved m JOIN legs l ON l.id = m.id
+                 WHERE p.accounts[l.ord] = 'user:' || p.user_id) AS balance_after,
+               (SELECT count(*) FROM striped) AS striped, g.seen, g.known, g.roomy
+          INTO v_posted
+          FROM gate g LEFT JOIN posted ON true;
+
+        IF v_posted.id IS NOT NULL THEN
+            IF v_posted.striped <> v_legs - v_user_legs THEN  -- a stripe lost its room between the read and the lock
+                RAISE EXCEPTION 'stripe room taken concurrently' USING ERRCODE = '40001';
+            END IF;
+            RETURN ROW('created', v_posted.id, v_posted.created_at, v_posted.balance_after, v_posted.metadata,
+                       NULL)::wallet_outcome;
+        ELSIF v_posted.seen THEN
+            EXIT;
+        ELSIF v_posted.known AND NOT v_posted.roomy THEN  -- a stripe is short: gather room from the others, or refuse
+            FOR v_leg IN
+                SELECT a.id, a.name, a.asset, l.amount
+                  FROM unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
+                  JOIN accounts a ON a.name = l.name AND a.asset = l.asset
+                 WHERE a.kind = 'system' AND l.amount < 0 ORDER BY a.id
+            LOOP
+                IF NOT wallet_stripe_gather(v_leg.id, v_stripe, -v_leg.amount) THEN
+                    v_problem := wallet_problem('supply_limit_exceeded',
+                        format('Taking %s %s from %s would pass its floor of %s: the supply of %s is capped.',
+                               -v_leg.amount, v_leg.asset, v_leg.name, wallet_system_floor(v_leg.name), v_leg.asset));
+                    EXIT;
+                END IF;
+            END LOOP;
+        ELSE  -- an unknown user or asset, or a user bound, under the lock; NULL: all is there now, post again
+            v_problem := wallet_refusal(p);
+        END IF;
+        IF v_problem IS NOT NULL THEN
+            IF p_item.key IS NOT NULL THEN
+                INSERT INTO idempotency_keys (api_key_id, key, endpoint, request, problem, attempt_id)
+                VALUES (p_api_key_id, p_item.key, p_item.endpoint, p_item.request, v_problem, p_attempt_id);
+            END IF;
+            RETURN ROW('failed', NULL, NULL, NULL, NULL, v_problem)::wallet_outcome;
+        END IF;
+        IF attempt = 3 THEN
+            RAISE EXCEPTION 'posting did not settle after 3 attempts' USING ERRCODE = '40001';
+        END IF;
+    END LOOP;
 
     SELECT * INTO STRICT v_stored FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_item.key;
     IF v_stored.attempt_id = p_attempt_id OR (v_stored.endpoint = p_item.endpoint
@@ -440,12 +429,11 @@ $$;
 
 -- Many requests in one transaction: each item goes through wallet_request(), as it would alone. The user
 -- accounts of every item are locked first, in id order, so batches cannot deadlock whatever order their items
--- come in (keys are distinct within a batch; the caller checks). With p_atomic, any item that does not end in
--- 201 undoes the whole batch: the items it would have created report 'aborted', the failing ones their problem
--- as 'rejected' (not recorded, so a corrected batch can use the keys again).
-CREATE FUNCTION wallet_batch(
-    p_api_key_id bigint, p_api_key_name text, p_attempt_id uuid, p_atomic boolean, p_items wallet_item[]
-) RETURNS SETOF wallet_outcome
+-- come in. A later item with the key of an earlier one replays it (or is `reused`), as a second request would
+-- (POST /v1/batch refuses such a batch; requests the service coalesces may share a key). With p_atomic, any item that does not end in 201 undoes the whole batch:
+-- the items it would have created report 'aborted', the failing ones their problem as 'rejected' (not recorded,
+-- so a corrected batch can use the keys again).
+CREATE FUNCTION wallet_batch(p_atomic boolean, p_items wallet_item[]) RETURNS SETOF wallet_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     v_results wallet_outcome[] := ARRAY[]::wallet_outcome[];
@@ -457,13 +445,19 @@ BEGIN
              CROSS JOIN LATERAL unnest((i.posting).accounts, (i.posting).assets) AS l (name, asset)
              WHERE l.name LIKE 'user:%') w ON a.name = w.name AND a.asset = w.asset
      ORDER BY a.id FOR NO KEY UPDATE OF a;
-    BEGIN
+    IF NOT p_atomic THEN
         FOR i IN 1..cardinality(p_items) LOOP
-            v_result := wallet_request(p_api_key_id, p_api_key_name, p_attempt_id, p_items[i]);
+            RETURN NEXT wallet_request(p_items[i]);
+        END LOOP;
+        RETURN;
+    END IF;
+    BEGIN  -- a subtransaction, to undo the atomic batch whole and still answer for every item
+        FOR i IN 1..cardinality(p_items) LOOP
+            v_result := wallet_request(p_items[i]);
             v_results := v_results || v_result;
             v_failed := v_failed OR v_result.transaction_id IS NULL;
         END LOOP;
-        IF p_atomic AND v_failed THEN
+        IF v_failed THEN
             RAISE EXCEPTION 'atomic batch aborted' USING ERRCODE = 'WL424';
         END IF;
     EXCEPTION WHEN SQLSTATE 'WL424' THEN
