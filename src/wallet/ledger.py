@@ -138,9 +138,14 @@ async def post(database: Database, caller: Caller, idempotency_key: str, movemen
     return await database.run(lambda conn: post_on(conn, caller, idempotency_key, movement))
 
 
+REQUEST_SQL = "SELECT * FROM wallet_request($1)"
+BATCH_SQL = "SELECT * FROM wallet_batch($1, $2)"
+HOT_STATEMENTS = (REQUEST_SQL, BATCH_SQL)  # prepared on every pooled connection at start (Database.warm)
+
+
 async def post_on(conn: asyncpg.Connection, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
     """`post` on a connection of the caller's (the seed's)."""
-    row = await conn.fetchrow("SELECT * FROM wallet_request($1)", _item(caller, idempotency_key, movement))
+    row = await conn.fetchrow(REQUEST_SQL, _item(caller, idempotency_key, movement))
     assert row is not None
     return _outcome(row, movement)
 
@@ -157,7 +162,7 @@ class Request:
 async def post_batch(database: Database, atomic: bool, requests: list[Request]) -> list[Outcome]:
     """Posts every request in one statement (one transaction), each through the item path; outcomes in order."""
     items = [_item(r.caller, r.idempotency_key, r.movement) for r in requests]
-    rows = await database.fetch("SELECT * FROM wallet_batch($1, $2)", atomic, items)
+    rows = await database.fetch(BATCH_SQL, atomic, items)
     return [_outcome(row, request.movement) for row, request in zip(rows, requests, strict=True)]
 
 

@@ -28,13 +28,18 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await shared.database.open()
-        maintenance = asyncio.create_task(ledger.maintain(shared.database, settings))
+        background = [
+            asyncio.create_task(ledger.maintain(shared.database, settings)),
+            asyncio.create_task(shared.database.warm(settings.pool_size_max, ledger.HOT_STATEMENTS)),
+        ]
         try:
             yield
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await shared.database.close()
 
     app = FastAPI(
