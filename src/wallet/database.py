@@ -233,6 +233,7 @@ class Database:
         first requests of a burst would otherwise pay for connecting, for asyncpg's look at the types of the
         statements, and for PostgreSQL's first plan (p99 of a cold open-loop run at 500/s: 57 ms; warm: 4 ms).
         Gives up quietly when the database is not there: the pool opens lazily all the same."""
+
         async def one() -> None:
             async with self.pool.acquire(timeout=self.settings.pool_acquire_timeout_ms / 1000) as conn:
                 for statement in statements:

@@ -224,6 +224,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 DROP FUNCTION wallet_transaction_json(bigint);
+DROP FUNCTION wallet_history_page(text, text, bigint, int);  -- the service reads pages with a plain query now
 DROP FUNCTION wallet_transactions_json(bigint[]);
 DROP FUNCTION wallet_render(bigint, text, text, text, bigint, bigint, text, jsonb, text[], bigint[], timestamptz);
 
