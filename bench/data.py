@@ -24,7 +24,8 @@ def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user:
     posting = (
         f"ROW('{kind}', {user}, {asset}, {amount}::bigint, NULL, '{{}}'::jsonb,"
         f" ARRAY['user' || chr(58) || {user}, {system}], ARRAY[{asset}, {asset}],"
-        f" ARRAY[{user_sign} * {amount}::bigint, {-user_sign} * {amount}::bigint])::wallet_posting"
+        f" ARRAY[{user_sign} * {amount}::bigint, {-user_sign} * {amount}::bigint],"
+        " NULL, NULL, NULL, false)::wallet_posting"
     )
     item = (
         f"ROW({key_id}::bigint, {key_name}::text, gen_random_uuid(), {key}, '{posting_kind.endpoint}', {request},"

@@ -239,6 +239,14 @@ async def wait_healthy(base_url: str, timeout_s: float) -> float | None:
 
 
 @pytest.fixture
+async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the real server with enough connections to really run requests side by side."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
 async def new_user(client: httpx.AsyncClient, api_keys: Keys) -> str:
     """A user of this test only, with a zero balance in every asset."""
     return await create_user(client, api_keys)

@@ -44,6 +44,9 @@ TRANSACTION_FIELDS = {
     "description",
     "metadata",
     "entries",
+    "rewards",
+    "refund_of",
+    "hold_id",
     "created_at",
 }
 
@@ -113,10 +116,13 @@ def assert_transaction(body: dict[str, Any]) -> None:
     assert body["status"] == "posted"
     assert TIMESTAMP.fullmatch(body["created_at"]), body["created_at"]
     assert isinstance(body["amount"], int)
-    assert sum(entry["amount"] for entry in body["entries"]) == 0, body["entries"]
+    totals: dict[str, int] = {}
     for entry in body["entries"]:
-        assert set(entry) == {"account", "amount"}
+        assert set(entry) == {"account", "asset", "amount"}
         assert isinstance(entry["amount"], int)
+        totals[entry["asset"]] = totals.get(entry["asset"], 0) + entry["amount"]
+    assert body["asset"] in totals, body["entries"]
+    assert set(totals.values()) == {0}, body["entries"]
 
 
 async def assert_books_balance(db: asyncpg.Connection) -> None:
@@ -128,7 +134,9 @@ async def assert_books_balance(db: asyncpg.Connection) -> None:
         assert {row["asset"]: row["total"] for row in totals if row["total"] != 0} == {}
 
         unbalanced = await db.fetch(
-            "SELECT transaction_id, sum(amount) AS total FROM entries GROUP BY transaction_id HAVING sum(amount) <> 0"
+            """SELECT e.transaction_id, a.asset, sum(e.amount) AS total
+                 FROM entries e JOIN accounts a ON a.id = e.account_id
+                GROUP BY e.transaction_id, a.asset HAVING sum(e.amount) <> 0"""
         )
         assert [dict(row) for row in unbalanced] == []
 
@@ -273,7 +281,10 @@ async def post_legs(
     amounts = [value for _, value in legs]
     if amount is None:
         amount = max((abs(value) for value in amounts), default=1) or 1
-    posting = (type_, user_id, asset, amount, description, metadata, accounts, [asset] * len(legs), amounts)
+    posting = (
+        type_, user_id, asset, amount, description, metadata, accounts, [asset] * len(legs), amounts,
+        None, None, None, False,
+    )  # fmt: skip
     row = await db.fetchrow(
         "SELECT transaction_id, problem FROM wallet_request("
         " ROW(NULL, $2, gen_random_uuid(), NULL, NULL, NULL, $1::wallet_posting)::wallet_item)",

@@ -23,16 +23,16 @@ async def test_balances_list_every_asset_including_zero(
     balances = {b["asset"]: b["balance"] for b in after.json()["balances"]}
     assert balances == {a["code"]: (70 if a["code"] == "GOLD" else 0) for a in assets}
     for item in after.json()["balances"]:
-        assert set(item) == {"asset", "balance"}
+        assert set(item) == {"asset", "balance", "held", "available"}
 
 
 async def test_single_balance(client: httpx.AsyncClient, api_keys: Keys, new_user: str) -> None:
     await move(client, api_keys, "bonus", new_user, 12, "DIAMOND")
     response = await client.get(f"/v1/users/{new_user}/balances/DIAMOND", headers=api_keys.headers("read"))
     assert response.status_code == 200, response.text
-    assert response.json() == {"user_id": new_user, "asset": "DIAMOND", "balance": 12}
+    assert response.json() == {"user_id": new_user, "asset": "DIAMOND", "balance": 12, "held": 0, "available": 12}
     zero = await client.get(f"/v1/users/{new_user}/balances/LOYALTY", headers=api_keys.headers("read"))
-    assert zero.json() == {"user_id": new_user, "asset": "LOYALTY", "balance": 0}
+    assert zero.json() == {"user_id": new_user, "asset": "LOYALTY", "balance": 0, "held": 0, "available": 0}
 
 
 async def test_balances_of_unknown_user_or_asset_are_404(

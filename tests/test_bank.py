@@ -292,8 +292,16 @@ class Workload:
                 "amount": write.amount,
                 "metadata": {"bank_key": write.key},
                 "entries": [
-                    {"account": f"user:{write.user_id}", "amount": SIGNS[write.kind] * write.amount},
-                    {"account": SYSTEM_SIDE[write.kind], "amount": -SIGNS[write.kind] * write.amount},
+                    {
+                        "account": f"user:{write.user_id}",
+                        "asset": write.asset,
+                        "amount": SIGNS[write.kind] * write.amount,
+                    },
+                    {
+                        "account": SYSTEM_SIDE[write.kind],
+                        "asset": write.asset,
+                        "amount": -SIGNS[write.kind] * write.amount,
+                    },
                 ],
             }
             got = {name: transaction.get(name) for name in expected}

@@ -7,7 +7,7 @@ Every test uses its own users and idempotency keys. "Nothing was written" is che
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -92,8 +92,8 @@ def assert_created(result: dict[str, Any], operation: dict[str, Any], replayed: 
     assert tx["metadata"] == operation.get("metadata", {}), (tx, operation)
     signed = USER_SIGN[operation["type"]] * operation["amount"]
     assert tx["entries"] == [
-        {"account": f"user:{operation['user_id']}", "amount": signed},
-        {"account": SYSTEM_SIDE[operation["type"]], "amount": -signed},
+        {"account": f"user:{operation['user_id']}", "asset": operation["asset"], "amount": signed},
+        {"account": SYSTEM_SIDE[operation["type"]], "asset": operation["asset"], "amount": -signed},
     ], tx
     return tx
 
@@ -578,7 +578,7 @@ INVALID: dict[str, tuple[Callable[[dict], Any], list[Any] | None]] = {
     "amount zero": (at(0, amount=0), ["operations", 0, "amount"]),
     "amount negative": (at(2, amount=-5), ["operations", 2, "amount"]),
     "amount over 10^15": (at(2, amount=10**15 + 1), ["operations", 2, "amount"]),
-    "unknown type": (at(2, type="refund"), ["operations", 2, "type"]),
+    "unknown type": (at(2, type="teleport"), ["operations", 2, "type"]),
     "type missing": (without(0, "type"), ["operations", 0, "type"]),
     "user_id missing": (without(4, "user_id"), ["operations", 4, "user_id"]),
     "user_id malformed": (at(4, user_id="-bad id"), ["operations", 4, "user_id"]),
@@ -654,7 +654,7 @@ async def test_1001_operations_is_422(client: httpx.AsyncClient, api_keys: Keys,
 
 
 async def make_users(db: asyncpg.Connection, count: int) -> list[str]:
-    """`count` new users with one account per asset, in one statement (the shape of ledger._ENSURE_USER_SQL)."""
+    """`count` new users with one account per asset, in one statement (the shape of reads._ENSURE_USER_SQL)."""
     prefix = uuid.uuid4().hex[:6]
     users = [f"{prefix}{i}" for i in range(count)]
     await db.execute(
@@ -684,13 +684,6 @@ async def test_batch_of_1000_topups_to_distinct_users(
 
 
 # Concurrency -----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
-        yield client
 
 
 async def test_parallel_batches_in_opposite_orders_never_deadlock(

@@ -6,23 +6,13 @@ Every test uses its own users, so the counts it checks in the database are its o
 import asyncio
 import random
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from tests.conftest import Keys
 from tests.support import PATHS, SYSTEM_SIDE, assert_books_balance, balance, create_user, new_id, post
-
-
-@pytest.fixture
-async def http(server: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with enough connections to really run requests side by side."""
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
-        yield client
 
 
 async def move(
@@ -176,8 +166,8 @@ async def test_crossing_topups_and_purchases_keep_every_balance_exact(
             assert (tx["type"], tx["user_id"], tx["asset"], tx["amount"]) == (kind, *account, body["amount"])
             assert tx["balance_after"] >= 0
             assert tx["entries"] == [
-                {"account": f"user:{account[0]}", "amount": sign * body["amount"]},
-                {"account": SYSTEM_SIDE[kind], "amount": -sign * body["amount"]},
+                {"account": f"user:{account[0]}", "asset": body["asset"], "amount": sign * body["amount"]},
+                {"account": SYSTEM_SIDE[kind], "asset": body["asset"], "amount": -sign * body["amount"]},
             ]
             expected[account] += sign * body["amount"]
             system_moved[(SYSTEM_SIDE[kind], body["asset"])] -= sign * body["amount"]

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Keys
 from tests.support import new_id, post_legs, stored_balance
-from wallet import ledger
+from wallet import reads
 from wallet.config import Settings
 from wallet.database import connect
 from wallet.kinds import SYSTEM_ACCOUNTS
@@ -40,7 +40,7 @@ async def rolled_back(db: asyncpg.Connection, isolation: str | None = None) -> A
 
 async def new_user(db: asyncpg.Connection, prefix: str = "e") -> str:
     user_id = new_id(prefix)
-    created, _ = await ledger.ensure_user(db, user_id, None)
+    created, _ = await reads.ensure_user(db, user_id, None)
     assert created
     return user_id
 
@@ -78,13 +78,29 @@ async def counts(db: asyncpg.Connection) -> dict[str, int]:
     return {name: int(value) for name, value in row.items()}
 
 
-async def entries_of(db: asyncpg.Connection, posted_id: int) -> list[tuple[str, str, int, int | None]]:
+RUNNING = "running"  # a system leg's balance_after: its stripe's balance after it, as the stripe's entries sum to
+
+
+async def entries_of(db: asyncpg.Connection, posted_id: int) -> list[tuple[str, str, int, int | str]]:
+    """Each leg: kind, account, amount, and the balance after it (a user's), or RUNNING when a system leg's
+    balance_after is the sum of its stripe's entries up to it (its raw value otherwise)."""
     rows = await db.fetch(
-        """SELECT a.kind, a.name, e.amount, e.balance_after FROM entries e JOIN accounts a ON a.id = e.account_id
+        """SELECT a.kind, a.name, e.amount, e.balance_after,
+                  (SELECT sum(x.amount) FROM entries x WHERE x.account_id = e.account_id AND x.stripe = e.stripe
+                      AND x.transaction_id <= e.transaction_id) AS running
+             FROM entries e JOIN accounts a ON a.id = e.account_id
             WHERE e.transaction_id = $1 ORDER BY e.leg""",
         posted_id,
     )
-    return [(row["kind"], row["name"], row["amount"], row["balance_after"]) for row in rows]
+    return [
+        (
+            row["kind"],
+            row["name"],
+            row["amount"],
+            RUNNING if row["kind"] == "system" and row["balance_after"] == row["running"] else row["balance_after"],
+        )
+        for row in rows
+    ]
 
 
 # Balanced postings --------------------------------------------------------------------------------------------------
@@ -112,7 +128,7 @@ async def test_three_leg_transfer_is_posted(db: asyncpg.Connection, client: http
     assert await entries_of(db, posted_id) == [
         ("user", f"user:{payer}", -300, 700),
         ("user", f"user:{payee}", 270, 270),
-        ("system", "system:revenue", 30, None),
+        ("system", "system:revenue", 30, RUNNING),
     ]
     tx = await db.fetchrow("SELECT * FROM transactions WHERE id = $1", posted_id)
     assert tx is not None
@@ -127,9 +143,9 @@ async def test_three_leg_transfer_is_posted(db: asyncpg.Connection, client: http
     rendered = fetched.json()
     assert rendered["balance_after"] == 700
     assert rendered["entries"] == [
-        {"account": f"user:{payer}", "amount": -300},
-        {"account": f"user:{payee}", "amount": 270},
-        {"account": "system:revenue", "amount": 30},
+        {"account": f"user:{payer}", "asset": "GOLD", "amount": -300},
+        {"account": f"user:{payee}", "asset": "GOLD", "amount": 270},
+        {"account": "system:revenue", "asset": "GOLD", "amount": 30},
     ]
 
 
@@ -151,7 +167,7 @@ async def test_a_user_can_spend_exactly_the_whole_balance(db: asyncpg.Connection
     assert row.code is None, row
     assert await entries_of(db, row.transaction_id) == [
         ("user", f"user:{user_id}", -40, 0),
-        ("system", "system:revenue", 40, None),
+        ("system", "system:revenue", 40, RUNNING),
     ]
     assert await stored_balance(db, f"user:{user_id}") == 0
 
@@ -183,7 +199,7 @@ async def test_malformed_legs_raise_wl900(
     named = None if accounts is None else [a.format(u=f"user:{user_id}") for a in accounts]
     before = await stored_balance(db, f"user:{user_id}")
     assets = None if named is None else ["GOLD"] * len(named)
-    posting = ("transfer", user_id, "GOLD", 100, None, None, named, assets, amounts)
+    posting = ("transfer", user_id, "GOLD", 100, None, None, named, assets, amounts, None, None, None, False)
     with pytest.raises(asyncpg.PostgresError) as raised:
         await db.fetchrow(
             "SELECT * FROM wallet_request(ROW(NULL, $2, gen_random_uuid(), NULL, NULL, NULL, $1)::wallet_item)",
@@ -264,7 +280,7 @@ async def test_balance_limit_exceeded(db: asyncpg.Connection) -> None:
 # Balances after, system legs, stripes ------------------------------------------------------------------------------
 
 
-async def test_balance_after_on_user_entries_only(db: asyncpg.Connection) -> None:
+async def test_balance_after_is_the_running_balance_of_each_account_or_stripe(db: asyncpg.Connection) -> None:
     user_id = await new_user(db)
     posted = [
         await fund(db, user_id, 500),
@@ -279,7 +295,7 @@ async def test_balance_after_on_user_entries_only(db: asyncpg.Connection) -> Non
     for posted_id, after in zip(posted, expected_after, strict=True):
         entries = await entries_of(db, posted_id)
         assert [e[3] for e in entries if e[0] == "user"] == [after], entries
-        assert [e[3] for e in entries if e[0] == "system"] == [None], entries
+        assert [e[3] for e in entries if e[0] == "system"] == [RUNNING], entries
     assert await stored_balance(db, f"user:{user_id}") == 387
 
 

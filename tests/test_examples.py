@@ -15,7 +15,7 @@ import httpx
 from tests import support
 from tests.conftest import Keys
 from tests.support import PATHS, create_user, idem, movement, post, post_legs, stored_balance
-from wallet import ledger
+from wallet.render import parse_public_id
 
 
 async def open_account(client: httpx.AsyncClient, keys: Keys, name: str) -> str:
@@ -45,7 +45,7 @@ async def balances(db: asyncpg.Connection, asset: str, *accounts: str) -> dict[s
 async def assert_transaction_balances(db: asyncpg.Connection, tx: dict[str, Any]) -> None:
     """The transaction's entries sum to 0, as the API shows them and as the database stores them."""
     assert sum(entry["amount"] for entry in tx["entries"]) == 0, tx["entries"]
-    internal_id = ledger.parse_transaction_id(tx["id"])
+    internal_id = parse_public_id(tx["id"])
     assert internal_id is not None
     row = await db.fetchrow(
         "SELECT count(*) AS legs, sum(amount) AS total FROM entries WHERE transaction_id = $1", internal_id
@@ -82,8 +82,8 @@ async def test_alice_buys_a_pack_of_gold(client: httpx.AsyncClient, api_keys: Ke
     tx = await posted(client, api_keys, "topup", alice, 1000, description="Pack of 1,000")
 
     assert tx["entries"] == [
-        {"account": f"user:{alice}", "amount": 1000},
-        {"account": "system:treasury", "amount": -1000},
+        {"account": f"user:{alice}", "asset": "GOLD", "amount": 1000},
+        {"account": "system:treasury", "asset": "GOLD", "amount": -1000},
     ]
     assert tx["balance_after"] == 1000
     after = await balances(db, "GOLD", f"user:{alice}", "system:treasury")
@@ -103,8 +103,8 @@ async def test_alice_buys_a_sword(client: httpx.AsyncClient, api_keys: Keys, db:
     tx = await posted(client, api_keys, "purchase", alice, 300, description="Sword", metadata={"item": "sword"})
 
     assert tx["entries"] == [
-        {"account": f"user:{alice}", "amount": -300},
-        {"account": "system:revenue", "amount": 300},
+        {"account": f"user:{alice}", "asset": "GOLD", "amount": -300},
+        {"account": "system:revenue", "asset": "GOLD", "amount": 300},
     ]
     assert tx["balance_after"] == 700
     assert await stored_balance(db, f"user:{alice}", "GOLD") == 700
@@ -125,8 +125,8 @@ async def test_bob_gets_a_diamond_bonus_and_spends_some(
 
     bonus = await posted(client, api_keys, "bonus", bob, 50, "DIAMOND", description="7-day streak")
     assert bonus["entries"] == [
-        {"account": f"user:{bob}", "amount": 50},
-        {"account": "system:bonus_pool", "amount": -50},
+        {"account": f"user:{bob}", "asset": "DIAMOND", "amount": 50},
+        {"account": "system:bonus_pool", "asset": "DIAMOND", "amount": -50},
     ]
     skin = await posted(client, api_keys, "purchase", bob, 20, "DIAMOND", description="Skin")
     assert skin["balance_after"] == 30
@@ -191,9 +191,9 @@ async def test_gift_between_players_with_a_fee(
     assert gift["type"] == "gift"
     assert gift["balance_after"] == 390
     assert gift["entries"] == [
-        {"account": f"user:{alice}", "amount": -110},
-        {"account": f"user:{bob}", "amount": 100},
-        {"account": "system:revenue", "amount": 10},
+        {"account": f"user:{alice}", "asset": "GOLD", "amount": -110},
+        {"account": f"user:{bob}", "asset": "GOLD", "amount": 100},
+        {"account": "system:revenue", "asset": "GOLD", "amount": 10},
     ]
     after = await balances(db, "GOLD", *accounts)
     assert {account: after[account] - before[account] for account in accounts} == {

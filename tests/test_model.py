@@ -95,8 +95,8 @@ class WalletMachine(RuleBasedStateMachine):
             assert tx["description"] == description
             assert tx["metadata"] == meta
             assert tx["entries"] == [
-                {"account": f"user:{user_id}", "amount": sign * amount},
-                {"account": system_account, "amount": -sign * amount},
+                {"account": f"user:{user_id}", "asset": asset, "amount": sign * amount},
+                {"account": system_account, "asset": asset, "amount": -sign * amount},
             ]
             self.balances[(user_id, asset)] = after
             self.history[user_id].append(tx["id"])

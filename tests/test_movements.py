@@ -43,8 +43,8 @@ async def test_movement_shape_and_get_returns_the_same_bytes(
     assert tx["metadata"] == {"campaign": "w47"}
     assert tx["balance_after"] == 1000 + user_sign * 250
     assert tx["entries"] == [
-        {"account": f"user:{new_user}", "amount": user_sign * 250},
-        {"account": system, "amount": -user_sign * 250},
+        {"account": f"user:{new_user}", "asset": "LOYALTY", "amount": user_sign * 250},
+        {"account": system, "asset": "LOYALTY", "amount": -user_sign * 250},
     ]
 
     fetched = await client.get(f"/v1/transactions/{tx['id']}", headers=api_keys.headers("read"))
@@ -94,8 +94,8 @@ async def test_topup_debits_treasury_and_credits_user(client: httpx.AsyncClient,
     assert tx["type"] == "topup" and tx["status"] == "posted" and tx["amount"] == 250
     assert tx["balance_after"] == 250
     assert tx["entries"] == [
-        {"account": f"user:{new_user}", "amount": 250},
-        {"account": "system:treasury", "amount": -250},
+        {"account": f"user:{new_user}", "asset": "GOLD", "amount": 250},
+        {"account": "system:treasury", "asset": "GOLD", "amount": -250},
     ]
     fetched = await client.get(f"/v1/transactions/{tx['id']}", headers=api_keys.headers("read"))
     assert fetched.status_code == 200
@@ -112,4 +112,4 @@ async def test_purchase_beyond_balance_is_refused_and_writes_nothing(
     assert refused.status_code == 409
     assert refused.json()["code"] == "insufficient_funds"
     balance = await client.get(f"/v1/users/{new_user}/balances/GOLD", headers=api_keys.headers("read"))
-    assert balance.json() == {"user_id": new_user, "asset": "GOLD", "balance": 40}
+    assert balance.json() == {"user_id": new_user, "asset": "GOLD", "balance": 40, "held": 0, "available": 40}

@@ -41,10 +41,26 @@ ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/bonuses"): {"bonus"},
     ("POST", "/v1/purchases"): {"purchase"},
     ("POST", "/v1/batch"): {"topup", "bonus", "purchase"},
+    ("POST", "/v1/adjustments"): {"admin"},
+    ("POST", "/v1/users/{user_id}/freeze"): {"admin"},
+    ("POST", "/v1/users/{user_id}/unfreeze"): {"admin"},
+    ("POST", "/v1/holds"): {"purchase"},
+    ("GET", "/v1/holds/{hold_id}"): {"read"},
+    ("POST", "/v1/holds/{hold_id}/capture"): {"purchase"},
+    ("POST", "/v1/holds/{hold_id}/void"): {"purchase"},
+    ("GET", "/v1/users/{user_id}/holds"): {"read"},
+    # Purchases are refunded with the purchase scope; reversing a top-up or a bonus takes admin (test_refunds.py).
+    ("POST", "/v1/transactions/{transaction_id}/refunds"): {"purchase"},
+    ("GET", "/v1/transactions/{transaction_id}/refunds"): {"read"},
 }
 # Routes anyone may call, by the contract.
 OPEN_PATHS = {"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
-PATH_VALUES = {"user_id": "alice", "asset": "GOLD", "transaction_id": "tx_0000000000000001"}
+PATH_VALUES = {
+    "user_id": "alice",
+    "asset": "GOLD",
+    "transaction_id": "tx_0000000000000001",
+    "hold_id": "hold_0000000000000001",
+}
 SCOPES = ("read", "topup", "bonus", "purchase")
 LEAKS = ("Traceback", 'File "', ".py", "SELECT", "INSERT", "UPDATE ", "asyncpg", "psycopg", "wallet_request", "plpgsql")
 SECURITY_HEADERS = {

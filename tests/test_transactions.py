@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import Keys
 from tests.support import assert_problem, idem, movement
 from wallet import keys as wallet_keys
-from wallet import ledger
+from wallet.render import parse_public_id
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def test_transaction_records_the_api_key_name(
     headers = {"Authorization": f"Bearer {secret}", "Idempotency-Key": idem()}
     response = await client.post("/v1/topups", json=movement(new_user, 4), headers=headers)
     assert response.status_code == 201, response.text
-    internal_id = ledger.parse_transaction_id(response.json()["id"])
+    internal_id = parse_public_id(response.json()["id"])
     assert internal_id is not None
     recorded = await db.fetchval("SELECT api_key_name FROM transactions WHERE id = $1", internal_id)
     assert recorded == name

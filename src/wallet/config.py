@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Requests per second per API key unless the key sets its own; 0 = off.",
     )
     redis_url: str | None = Field(default=None, description="Shares rate limits across workers and servers.")
+    hold_expiry_interval_ms: int = Field(
+        default=1_000,
+        ge=10,
+        le=3_600_000,
+        description="How often each worker marks holds past their expiry (they stop counting at once regardless).",
+    )
     group_commit_items_max: int = Field(
         default=64, ge=1, le=1000, description="Requests of a worker that may share one transaction; 1 = off."
     )

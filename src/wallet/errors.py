@@ -19,10 +19,16 @@ CODES: dict[str, tuple[int, str]] = {
     "user_not_found": (404, "User not found"),
     "asset_not_found": (404, "Asset not found"),
     "transaction_not_found": (404, "Transaction not found"),
+    "hold_not_found": (404, "Hold not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "insufficient_funds": (409, "Insufficient funds"),
     "balance_limit_exceeded": (409, "Balance limit exceeded"),
     "supply_limit_exceeded": (409, "Supply limit exceeded"),
+    "hold_not_active": (409, "Hold not active"),
+    "hold_expired": (409, "Hold expired"),
+    "account_frozen": (409, "Account frozen"),
+    "refund_exceeds_original": (409, "Refund exceeds the original"),
+    "not_refundable": (409, "Not refundable"),
     "payload_too_large": (413, "Payload too large"),
     "validation_error": (422, "Invalid request"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with another request"),
@@ -110,6 +116,12 @@ class TransactionNotFound(WalletError):
     """No transaction has this id."""
 
     code = "transaction_not_found"
+
+
+class HoldNotFound(WalletError):
+    """No hold has this id."""
+
+    code = "hold_not_found"
 
 
 class PayloadTooLarge(WalletError):

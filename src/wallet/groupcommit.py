@@ -31,7 +31,7 @@ class GroupCommit:
 
     async def post(self, request: Request) -> Outcome:
         if self._items_max <= 1:  # group commit off
-            return await ledger.post(self._database, request.caller, request.idempotency_key, request.movement)
+            return await ledger.post(self._database, request)
         answer: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiting.append((request, answer))
         self._send()
@@ -52,10 +52,7 @@ class GroupCommit:
         requests = [request for request, _ in group]
         try:
             if len(requests) == 1:
-                request = requests[0]
-                outcomes = [
-                    await ledger.post(self._database, request.caller, request.idempotency_key, request.movement)
-                ]
+                outcomes = [await ledger.post(self._database, requests[0])]
             else:
                 outcomes = await ledger.post_batch(self._database, False, requests)
         except WalletError as exc:
@@ -74,7 +71,7 @@ class GroupCommit:
 
     async def _alone(self, request: Request, answer: asyncio.Future[Outcome]) -> None:
         try:
-            outcome = await ledger.post(self._database, request.caller, request.idempotency_key, request.movement)
+            outcome = await ledger.post(self._database, request)
         except WalletError as exc:
             _answer(answer, exc)
         else:

@@ -17,6 +17,7 @@ class Kind:
     direction: int  # +1: the user's balance rises; -1: it falls
     summary: str
     codes: tuple[str, ...] = ()  # problem codes beyond those every posting can answer
+    rewards: bool = False  # may carry rewards: other assets paid bonus_pool -> user in the same transaction
 
     @property
     def endpoint(self) -> str:
@@ -40,7 +41,14 @@ KINDS: dict[str, Kind] = {
             "bonus", "/v1/bonuses", "bonus", "bonus_pool", +1, "Bonus: bonus_pool -> user", ("supply_limit_exceeded",)
         ),
         Kind(
-            "purchase", "/v1/purchases", "purchase", "revenue", -1, "Purchase: user -> revenue", ("insufficient_funds",)
+            "purchase",
+            "/v1/purchases",
+            "purchase",
+            "revenue",
+            -1,
+            "Purchase: user -> revenue, with rewards: bonus_pool -> user",
+            ("insufficient_funds", "account_frozen", "supply_limit_exceeded"),
+            rewards=True,
         ),
     )
 }

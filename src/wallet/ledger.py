@@ -1,55 +1,27 @@
-"""The ledger: postings through the engine in SQL, reads, and the maintenance that runs beside them.
+"""The ledger's postings: what each money-moving request asks of the engine in SQL, and what it came to.
 
-Each function is one statement on the database's unit of work, so one request is one database transaction and
-nothing here commits by itself. Representations are rendered by PostgreSQL as JSON text and passed through
-untouched, so that a transaction reads the same from the POST that created it, from a replay, and from GET.
+A request is one call of `wallet_request()` (or `wallet_batch()` for many), so one request is one database
+transaction and nothing here commits by itself. The kinds of the registry build their legs here (top-ups,
+bonuses, purchases with their rewards, adjustments); captures and refunds get theirs from the engine's templates,
+which read the hold or the original transaction under its lock.
 """
 
-import asyncio
 import dataclasses
-import logging
-import re
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import orjson
 
-from wallet.config import Settings
 from wallet.database import Database
-from wallet.errors import CODES, AssetNotFound, TransactionNotFound, UserNotFound, ValidationFailed, WalletError
-from wallet.kinds import Kind
+from wallet.errors import CODES
+from wallet.kinds import KINDS, Kind
 from wallet.render import TransactionView, public_id
 
-log = logging.getLogger("wallet.ledger")
-
-TRANSACTION_ID_PATTERN = re.compile(r"tx_([0-9a-f]{16})")
-VIEW_FIELDS = tuple(field.name for field in dataclasses.fields(TransactionView))
-PURGE_INTERVAL_S = 3600
-PURGE_RETRY_S = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Movement:
-    """A money-moving request, as validated: what the client asked for."""
-
-    kind: Kind
-    user_id: str
-    asset: str
-    amount: int
-    description: str | None
-    metadata: dict[str, Any]
-
-    def request(self) -> dict[str, Any]:
-        """The canonical body that the idempotency fingerprint compares (defaults filled in)."""
-        return {
-            "user_id": self.user_id,
-            "asset": self.asset,
-            "amount": self.amount,
-            "description": self.description,
-            "metadata": self.metadata,
-        }
+REQUEST_SQL = "SELECT * FROM wallet_request($1)"
+BATCH_SQL = "SELECT * FROM wallet_batch($1, $2)"
+HOT_STATEMENTS = (REQUEST_SQL, BATCH_SQL)  # prepared on every pooled connection at start (Database.warm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +32,161 @@ class Caller:
     api_key_id: int
     api_key_name: str
     attempt_id: uuid.UUID
+
+
+class Posting(Protocol):
+    """A money-moving request as validated: where it was sent, the canonical body its idempotency key binds
+    (defaults filled in), and the `wallet_posting` it asks the engine for."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def request(self) -> dict[str, Any]: ...
+
+    def posting(self) -> tuple[Any, ...]: ...
+
+
+def _posting(
+    type_: str,
+    user_id: str | None,
+    asset: str | None,
+    amount: int | None,
+    description: str | None,
+    metadata: dict[str, Any],
+    legs: list[tuple[str, str, int]] = (),  # type: ignore[assignment]
+    *,
+    hold_id: int | None = None,
+    refund_of: int | None = None,
+    frozen_ok: bool = False,
+) -> tuple[Any, ...]:
+    """A `wallet_posting`: the transaction's own fields, its legs (account, asset, amount), what it captures or
+    refunds, and whether it may take from frozen accounts."""
+    return (
+        type_,
+        user_id,
+        asset,
+        amount,
+        description,
+        metadata,
+        [account for account, _, _ in legs],
+        [asset for _, asset, _ in legs],
+        [amount for _, _, amount in legs],
+        None,
+        hold_id,
+        refund_of,
+        frozen_ok,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    asset: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """A top-up, bonus or purchase: a kind of the registry, with a purchase's rewards (bonus_pool -> user, in
+    other assets, in the same transaction)."""
+
+    kind: Kind
+    user_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any]
+    rewards: tuple[Reward, ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        return self.kind.endpoint
+
+    def request(self) -> dict[str, Any]:
+        body = {
+            "user_id": self.user_id,
+            "asset": self.asset,
+            "amount": self.amount,
+            "description": self.description,
+            "metadata": self.metadata,
+        }
+        if self.rewards:  # absent when none, so that keys recorded before rewards existed still replay
+            body["rewards"] = [{"asset": r.asset, "amount": r.amount} for r in self.rewards]
+        return body
+
+    def posting(self) -> tuple[Any, ...]:
+        legs = [(account, self.asset, amount) for account, amount in self.kind.legs(self.user_id, self.amount)]
+        bonus_pool = KINDS["bonus"]
+        for reward in self.rewards:
+            legs += [
+                (account, reward.asset, amount) for account, amount in bonus_pool.legs(self.user_id, reward.amount)
+            ]
+        return _posting(self.kind.type, self.user_id, self.asset, self.amount, self.description, self.metadata, legs)
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """A capture of a hold, whole (amount None) or in part; the rest is released."""
+
+    hold_id: int
+    amount: int | None
+    description: str | None
+    metadata: dict[str, Any]
+
+    @property
+    def endpoint(self) -> str:
+        return f"POST /v1/holds/{public_id(self.hold_id, 'hold')}/capture"
+
+    def request(self) -> dict[str, Any]:
+        return {"amount": self.amount, "description": self.description, "metadata": self.metadata}
+
+    def posting(self) -> tuple[Any, ...]:
+        return _posting("purchase", None, None, self.amount, self.description, self.metadata, hold_id=self.hold_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """A refund of a purchase, or a reversal of a top-up (chargeback) or bonus (clawback): amount None refunds
+    what is left."""
+
+    transaction_id: int
+    amount: int | None
+    reason: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"POST /v1/transactions/{public_id(self.transaction_id)}/refunds"
+
+    def request(self) -> dict[str, Any]:
+        return {"amount": self.amount, "reason": self.reason}
+
+    def posting(self) -> tuple[Any, ...]:
+        return _posting("refund", None, None, self.amount, self.reason, {}, refund_of=self.transaction_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """An operator's correction: signed entries that sum to 0 per asset. It applies to frozen users too."""
+
+    reason: str
+    entries: tuple[tuple[str, str, int], ...]  # (account, asset, amount)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return "POST /v1/adjustments"
+
+    def request(self) -> dict[str, Any]:
+        entries = [{"account": account, "asset": asset, "amount": amount} for account, asset, amount in self.entries]
+        return {"reason": self.reason, "entries": entries, "metadata": self.metadata}
+
+    def posting(self) -> tuple[Any, ...]:
+        users = {account[5:] for account, _, _ in self.entries if account.startswith("user:")}
+        asset = self.entries[0][1]
+        amount = sum(n for _, a, n in self.entries if a == asset and n > 0)
+        user_id = users.pop() if len(users) == 1 else None
+        return _posting(
+            "adjustment", user_id, asset, amount, self.reason, self.metadata, list(self.entries), frozen_ok=True
+        )
 
 
 OutcomeKind = Literal["created", "failed", "replayed", "reused", "aborted", "rejected"]
@@ -74,7 +201,7 @@ class Outcome:
 
     kind: OutcomeKind
     transaction: TransactionView | None
-    problem: dict[str, Any] | None  # the business error (code, detail), or for `reused` the first request
+    problem: dict[str, Any] | None  # the business error (code, detail...), or for `reused` the first request
 
     @property
     def status(self) -> int:
@@ -85,85 +212,68 @@ class Outcome:
         return CODES[code][0]
 
 
-def _outcome(row: asyncpg.Record, movement: Movement) -> Outcome:
-    """A `wallet_outcome` row: the transaction's values the request did not send, joined to what it did."""
+def outcome(row: asyncpg.Record) -> Outcome:
+    """A `wallet_outcome` row: the transaction, with the posting the engine wrote (its legs included)."""
     if row["transaction_id"] is None:
         return Outcome(row["outcome"], None, row["problem"])
-    legs = movement.kind.legs(movement.user_id, movement.amount)
+    p = row["posting"]
     transaction = TransactionView(
         id=row["transaction_id"],
-        type=movement.kind.type,
-        user_id=movement.user_id,
-        asset=movement.asset,
-        amount=movement.amount,
-        balance_after=row["balance_after"],
-        description=movement.description,
+        type=p["type"],
+        user_id=p["user_id"],
+        asset=p["asset"],
+        amount=p["amount"],
+        description=p["description"],
         metadata=row["metadata"],
-        accounts=[account for account, _ in legs],
-        amounts=[amount for _, amount in legs],
+        accounts=p["accounts"],
+        assets=p["assets"],
+        amounts=p["amounts"],
+        balances=row["balances"] or [None] * len(p["accounts"]),
+        refund_of=p["refund_of"],
+        hold_id=p["hold_id"],
         created_at=row["created_at"],
     )
     return Outcome(row["outcome"], transaction, None)
 
 
-def _item(caller: Caller, idempotency_key: str, movement: Movement) -> tuple[Any, ...]:
-    """A `wallet_item`: who sends it, the key, the fingerprint it is bound to, and the posting (a
-    `wallet_posting`) that the kind's template makes of the request."""
-    kind = movement.kind
-    legs = kind.legs(movement.user_id, movement.amount)
-    posting = (
-        kind.type,
-        movement.user_id,
-        movement.asset,
-        movement.amount,
-        movement.description,
-        movement.metadata,
-        [account for account, _ in legs],
-        [movement.asset] * len(legs),
-        [amount for _, amount in legs],
-    )
+def item(caller: Caller, idempotency_key: str | None, posting: Posting) -> tuple[Any, ...]:
+    """A `wallet_item`: who sends it, the key, the fingerprint it is bound to, and the posting."""
     return (
         caller.api_key_id,
         caller.api_key_name,
         caller.attempt_id,
         idempotency_key,
-        kind.endpoint,
-        movement.request(),
-        posting,
+        posting.endpoint,
+        posting.request(),
+        posting.posting(),
     )
-
-
-async def post(database: Database, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
-    """Posts one movement under its idempotency key, or replays what the key recorded."""
-    return await database.run(lambda conn: post_on(conn, caller, idempotency_key, movement))
-
-
-REQUEST_SQL = "SELECT * FROM wallet_request($1)"
-BATCH_SQL = "SELECT * FROM wallet_batch($1, $2)"
-HOT_STATEMENTS = (REQUEST_SQL, BATCH_SQL)  # prepared on every pooled connection at start (Database.warm)
-
-
-async def post_on(conn: asyncpg.Connection, caller: Caller, idempotency_key: str, movement: Movement) -> Outcome:
-    """`post` on a connection of the caller's (the seed's)."""
-    row = await conn.fetchrow(REQUEST_SQL, _item(caller, idempotency_key, movement))
-    assert row is not None
-    return _outcome(row, movement)
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One money-moving request, as a batch item or a request the service coalesces with others."""
+    """One money-moving request, alone, as a batch item, or coalesced with others."""
 
     caller: Caller
     idempotency_key: str
-    movement: Movement
+    posting: Posting
+
+
+async def post_on(conn: asyncpg.Connection, request: Request) -> Outcome:
+    """Posts one request under its idempotency key, or replays what the key recorded, on a connection of the
+    caller's (the seed's)."""
+    row = await conn.fetchrow(REQUEST_SQL, item(request.caller, request.idempotency_key, request.posting))
+    assert row is not None
+    return outcome(row)
+
+
+async def post(database: Database, request: Request) -> Outcome:
+    return await database.run(lambda conn: post_on(conn, request))
 
 
 async def post_batch(database: Database, atomic: bool, requests: list[Request]) -> list[Outcome]:
     """Posts every request in one statement (one transaction), each through the item path; outcomes in order."""
-    items = [_item(r.caller, r.idempotency_key, r.movement) for r in requests]
-    rows = await database.fetch(BATCH_SQL, atomic, items)
-    return [_outcome(row, request.movement) for row, request in zip(rows, requests, strict=True)]
+    items = [item(r.caller, r.idempotency_key, r.posting) for r in requests]
+    return [outcome(row) for row in await database.fetch(BATCH_SQL, atomic, items)]
 
 
 def differences(stored: dict[str, Any], endpoint: str, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,191 +289,9 @@ def differences(stored: dict[str, Any], endpoint: str, request: dict[str, Any]) 
     ]
 
 
-# Reads ------------------------------------------------------------------------------------------------------------
+VIEW_FIELDS = tuple(f.name for f in dataclasses.fields(TransactionView))
 
 
-def parse_transaction_id(public_id: str) -> int | None:
-    match = TRANSACTION_ID_PATTERN.fullmatch(public_id)
-    if match is None:
-        return None
-    internal_id = int(match.group(1), 16)
-    return internal_id if internal_id < 2**63 else None  # ids are bigint
-
-
-def _view(row: asyncpg.Record) -> TransactionView:
+def view(row: asyncpg.Record) -> TransactionView:
     """A row of wallet_transactions()."""
     return TransactionView(**{name: row[name] for name in VIEW_FIELDS})
-
-
-async def get_transaction(database: Database, public_id: str) -> bytes:
-    internal_id = parse_transaction_id(public_id)
-    row = None
-    if internal_id is not None:
-        row = await database.fetchrow("SELECT * FROM wallet_transactions(ARRAY[$1::bigint])", internal_id)
-    if row is None:
-        raise TransactionNotFound(f"Transaction {public_id[:64]} does not exist.")
-    return _view(row).render()
-
-
-async def list_assets(database: Database) -> str:
-    return str(
-        await database.fetchval(
-            """SELECT json_build_object('items', coalesce(json_agg(
-               json_build_object('code', code, 'name', name, 'scale', scale) ORDER BY code), '[]'))
-           FROM assets"""
-        )
-    )
-
-
-_USER_JSON = """json_build_object('user_id', u.user_id, 'display_name', u.display_name,
-                                  'created_at', wallet_ts(u.created_at))"""
-
-_ENSURE_USER_SQL = f"""
-        WITH created AS (
-            INSERT INTO users (user_id, display_name) VALUES ($1, $2)
-            ON CONFLICT (user_id) DO NOTHING RETURNING *
-        ), opened AS (
-            INSERT INTO accounts (kind, name, asset, user_id)
-            SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a
-        ), renamed AS (
-            UPDATE users SET display_name = $2
-             WHERE user_id = $1 AND $3 AND display_name IS DISTINCT FROM $2 AND NOT EXISTS (SELECT 1 FROM created)
-            RETURNING *
-        )
-        SELECT true AS created, {_USER_JSON} AS body FROM created u
-        UNION ALL SELECT false, {_USER_JSON} FROM renamed u
-        UNION ALL SELECT false, {_USER_JSON} FROM users u
-         WHERE u.user_id = $1 AND NOT EXISTS (SELECT 1 FROM created) AND NOT EXISTS (SELECT 1 FROM renamed)
-        """
-
-
-async def ensure_user(
-    conn: asyncpg.Connection, user_id: str, display_name: str | None, rename: bool = False
-) -> tuple[bool, str]:
-    """Creates the user with one account per asset, or returns the existing one, its display name set to
-    `display_name` (None clears it) when `rename`. (created, representation)."""
-    for _ in range(3):
-        row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name, rename)
-        if row is not None:
-            return bool(row["created"]), str(row["body"])
-        # A concurrent PUT committed the user after our statement's snapshot: its insert made ours a no-op,
-        # and the snapshot cannot see it. The next statement can.
-    raise AssertionError(f"user {user_id} neither created nor found")
-
-
-async def put_user(database: Database, user_id: str, display_name: str | None, rename: bool) -> tuple[bool, str]:
-    return await database.run(lambda conn: ensure_user(conn, user_id, display_name, rename))
-
-
-async def get_user(database: Database, user_id: str) -> str:
-    body = await database.fetchval(f"SELECT {_USER_JSON} FROM users u WHERE u.user_id = $1", user_id)
-    if body is None:
-        raise UserNotFound(f"User {user_id} does not exist.")
-    return str(body)
-
-
-async def get_balances(database: Database, user_id: str) -> str:
-    body = await database.fetchval(
-        """SELECT json_build_object('user_id', u.user_id, 'balances', (
-               SELECT json_agg(json_build_object('asset', s.code, 'balance', coalesce(a.balance, 0))
-                               ORDER BY s.code)
-                 FROM assets s
-                 LEFT JOIN accounts a ON a.asset = s.code AND a.name = 'user:' || u.user_id))
-           FROM users u WHERE u.user_id = $1""",
-        user_id,
-    )
-    if body is None:
-        raise UserNotFound(f"User {user_id} does not exist.")
-    return str(body)
-
-
-async def get_balance(database: Database, user_id: str, asset: str) -> str:
-    row = await database.fetchrow(
-        """SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1) AS user_exists,
-                  EXISTS (SELECT 1 FROM assets WHERE code = $2) AS asset_exists,
-                  (SELECT balance FROM accounts WHERE name = 'user:' || $1 AND asset = $2) AS balance""",
-        user_id,
-        asset,
-    )
-    assert row is not None
-    _check_found(row, user_id, asset)
-    return orjson.dumps({"user_id": user_id, "asset": asset, "balance": row["balance"] or 0}).decode()
-
-
-def _check_found(row: asyncpg.Record, user_id: str, asset: str | None) -> None:
-    """The one precedence of every route: an unknown user before an unknown asset."""
-    if not row["user_exists"]:
-        raise UserNotFound(f"User {user_id} does not exist.")
-    if not row["asset_exists"]:
-        raise AssetNotFound(f"Asset {asset} does not exist.")
-
-
-# A page of a user's history, newest first: each of the user's accounts (one asset, or all) read newest first from
-# entries_by_account, stopping after the page, the user's balance_after taken from its own entry, each
-# transaction's legs beside it. (0001's wallet_history_page() was a SQL function the planner could not inline:
-# planned at every call; this is 35-45% less database time a page, on an account of 300,000 entries or of 20.)
-_HISTORY_SQL = """
-WITH owner AS (
-    SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1) AS user_exists,
-           $2::text IS NULL OR EXISTS (SELECT 1 FROM assets WHERE code = $2) AS asset_exists
-), page AS (
-    SELECT p.transaction_id, p.balance_after
-      FROM accounts ua
-     CROSS JOIN LATERAL (SELECT e.transaction_id, e.balance_after FROM entries e
-                          WHERE e.account_id = ua.id AND e.transaction_id < coalesce($3, 9223372036854775807)
-                          ORDER BY e.transaction_id DESC LIMIT $4) p
-     WHERE ua.name = 'user:' || $1 AND ($2::text IS NULL OR ua.asset = $2)
-     ORDER BY p.transaction_id DESC LIMIT $4
-)
-SELECT o.user_exists, o.asset_exists, t.id, t.type, t.user_id, t.asset, t.amount, page.balance_after,
-       t.description, t.metadata::text AS metadata, legs.accounts, legs.amounts, t.created_at
-  FROM owner o
-  LEFT JOIN page ON true
-  LEFT JOIN transactions t ON t.id = page.transaction_id
-  LEFT JOIN LATERAL (SELECT array_agg(a.name ORDER BY e.leg) AS accounts, array_agg(e.amount ORDER BY e.leg) AS amounts
-                       FROM entries e JOIN accounts a ON a.id = e.account_id WHERE e.transaction_id = t.id) legs ON true
- ORDER BY page.transaction_id DESC
-"""
-
-
-async def get_history(database: Database, user_id: str, asset: str | None, limit: int, cursor: str | None) -> bytes:
-    """One page of the user's transactions, newest first. The cursor is the last id of the previous page."""
-    before_id = None
-    if cursor is not None:
-        before_id = parse_transaction_id(cursor)
-        if before_id is None:
-            raise ValidationFailed(
-                "The cursor is not one this service handed out.",
-                [{"loc": ["query", "cursor"], "msg": "malformed cursor", "type": "cursor"}],
-            )
-    rows = await database.fetch(_HISTORY_SQL, user_id, asset, before_id, limit + 1)
-    _check_found(rows[0], user_id, asset)
-    views = [_view(row) for row in rows if row["id"] is not None]
-    next_cursor = None
-    if len(views) > limit:
-        views = views[:limit]
-        next_cursor = public_id(views[-1].id)
-    page = {"items": [orjson.Fragment(view.render()) for view in views], "next_cursor": next_cursor}
-    return orjson.dumps(page)
-
-
-# Maintenance ------------------------------------------------------------------------------------------------------
-
-
-async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int) -> int:
-    status = await conn.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)", retention_days
-    )
-    return int(status.split()[-1])
-
-
-async def maintain(database: Database, settings: Settings) -> None:
-    """Background loop of every worker: purges idempotency keys past their retention. Survives outages: a round
-    that fails is tried again a minute later."""
-    while True:
-        try:
-            await database.run(lambda conn: purge_idempotency_keys(conn, settings.idempotency_retention_days))
-            await asyncio.sleep(PURGE_INTERVAL_S)
-        except WalletError as exc:
-            log.warning("maintenance skipped: %s", exc.detail)
-            await asyncio.sleep(PURGE_RETRY_S)

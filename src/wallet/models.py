@@ -3,7 +3,7 @@
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from wallet.kinds import KINDS
 
@@ -105,7 +105,13 @@ def _valid_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_LENGTH_MAX), AfterValidator(_storable_text)]
+NO_NUL = {"pattern": "^[^\\u0000]*$"}  # documented; _storable_text() checks it, with a clearer message
+Description = Annotated[
+    str,
+    StringConstraints(max_length=DESCRIPTION_LENGTH_MAX),
+    AfterValidator(_storable_text),
+    Field(json_schema_extra=NO_NUL),
+]
 Metadata = Annotated[
     dict[str, Any],
     AfterValidator(_valid_metadata),
@@ -143,107 +149,177 @@ class MovementRequest(Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+Reason = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=DESCRIPTION_LENGTH_MAX),
+    AfterValidator(_storable_text),
+    Field(json_schema_extra=NO_NUL),
+]
+REWARDS_MAX = 5
+HOLD_EXPIRY_S_MAX = 2_592_000  # 30 days
+HOLD_EXPIRY_S_DEFAULT = 900
+ADJUSTMENT_ENTRIES_MIN = 2
+ADJUSTMENT_ENTRIES_MAX = 20
+ACCOUNT_PATTERN = r"^(user:[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}|system:[a-z_]{1,32})$"
+HOLD_ID_PATTERN = r"^hold_[0-7][0-9a-f]{15}$"
+TRANSACTION_ID_PATTERN = r"^tx_[0-7][0-9a-f]{15}$"
+
+
+class RewardRequest(Strict):
+    asset: AssetCode
+    amount: Amount
+
+
+class PurchaseRequest(MovementRequest):
+    """A purchase, with rewards paid in other assets in the same transaction (bonus_pool -> user)."""
+
+    rewards: Annotated[list[RewardRequest], Field(max_length=REWARDS_MAX)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _rewards_in_other_assets(self) -> "PurchaseRequest":
+        assets = [reward.asset for reward in self.rewards]
+        if len(set(assets)) < len(assets):
+            raise ValueError("rewards: each asset at most once")
+        if self.asset in assets:
+            raise ValueError("rewards: in assets other than the purchase's")
+        return self
+
+
+class HoldRequest(MovementRequest):
+    """A hold of part of a user's available balance, until it is captured, voided, or expires."""
+
+    expires_in_s: Annotated[int, Field(ge=1, le=HOLD_EXPIRY_S_MAX)] = HOLD_EXPIRY_S_DEFAULT
+
+
+class CaptureRequest(Strict):
+    """All of the hold (no amount) or part of it; the rest is released."""
+
+    amount: Amount | None = None
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class EmptyRequest(Strict):
+    """No fields."""
+
+
+class RefundRequest(Strict):
+    """What is left to refund (no amount) or part of it, and why."""
+
+    amount: Amount | None = None
+    reason: Reason
+
+
+class AdjustmentEntry(Strict):
+    account: Annotated[str, StringConstraints(pattern=ACCOUNT_PATTERN)]
+    asset: AssetCode
+    amount: Annotated[int, Field(ge=-AMOUNT_MAX, le=AMOUNT_MAX, json_schema_extra={"not": {"const": 0}})]
+
+    @field_validator("amount")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must not be 0")
+        return value
+
+
+class AdjustmentRequest(Strict):
+    """An operator's correction: signed entries summing to 0 per asset, each account at most once per asset."""
+
+    reason: Reason
+    entries: Annotated[
+        list[AdjustmentEntry], Field(min_length=ADJUSTMENT_ENTRIES_MIN, max_length=ADJUSTMENT_ENTRIES_MAX)
+    ]
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _balanced(self) -> "AdjustmentRequest":
+        totals: dict[str, int] = {}
+        for entry in self.entries:
+            totals[entry.asset] = totals.get(entry.asset, 0) + entry.amount
+        unbalanced = sorted(asset for asset, total in totals.items() if total != 0)
+        if unbalanced:
+            raise ValueError(f"entries: they must sum to 0 in every asset, and do not in {', '.join(unbalanced)}")
+        if len({(e.account, e.asset) for e in self.entries}) < len(self.entries):
+            raise ValueError("entries: each account at most once per asset")
+        return self
+
+
+class FreezeRequest(Strict):
+    reason: Reason
+
+
 def _known_kind(value: str) -> str:
     if value not in KINDS:
         raise ValueError(f"must be one of {', '.join(KINDS)}")
     return value
 
 
-class BatchOperation(MovementRequest):
+IdempotencyKey = Annotated[str, StringConstraints(pattern=IDEMPOTENCY_KEY_PATTERN)]
+
+
+class BatchOperation(PurchaseRequest):
+    """A top-up, bonus or purchase (rewards only on a purchase) with its own idempotency key."""
+
     type: Annotated[str, AfterValidator(_known_kind), Field(json_schema_extra={"enum": list(KINDS)})]
-    idempotency_key: Annotated[str, StringConstraints(pattern=IDEMPOTENCY_KEY_PATTERN)]
+    idempotency_key: IdempotencyKey
+
+    @model_validator(mode="after")
+    def _rewards_on_purchases(self) -> "BatchOperation":
+        if self.rewards and self.type != "purchase":
+            raise ValueError("rewards: only purchases have rewards")
+        return self
+
+
+class BatchCapture(CaptureRequest):
+    type: Literal["capture"]
+    hold_id: Annotated[str, StringConstraints(pattern=HOLD_ID_PATTERN)]
+    idempotency_key: IdempotencyKey
+
+
+class BatchRefund(RefundRequest):
+    type: Literal["refund"]
+    transaction_id: Annotated[str, StringConstraints(pattern=TRANSACTION_ID_PATTERN)]
+    idempotency_key: IdempotencyKey
+
+
+class BatchBody(Strict):
+    """As sent: each operation is validated on its own by its type (operation()), so that a problem names the
+    item's own fields (operations.3.amount)."""
+
+    operations: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=BATCH_OPERATIONS_MAX)]
+    atomic: bool = False
 
 
 class BatchRequest(Strict):
-    operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=BATCH_OPERATIONS_MAX)]
+    """A batch, as the OpenAPI document describes it."""
+
+    operations: Annotated[
+        list[BatchOperation | BatchCapture | BatchRefund], Field(min_length=1, max_length=BATCH_OPERATIONS_MAX)
+    ]
     atomic: bool = False
+
+
+BATCH_MODELS: dict[str, type[BatchOperation | BatchCapture | BatchRefund]] = {
+    "capture": BatchCapture,
+    "refund": BatchRefund,
+}
+
+
+def operation(data: Any) -> BatchOperation | BatchCapture | BatchRefund:
+    """One item of a batch, by its type (a movement kind of the registry, a capture or a refund)."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    model = BATCH_MODELS.get(kind, BatchOperation) if isinstance(kind, str) else BatchOperation
+    return model.model_validate(data)
 
 
 class UserRequest(Strict):
     display_name: (
         Annotated[
-            str, StringConstraints(min_length=1, max_length=DISPLAY_NAME_LENGTH_MAX), AfterValidator(_storable_text)
+            str,
+            StringConstraints(min_length=1, max_length=DISPLAY_NAME_LENGTH_MAX),
+            AfterValidator(_storable_text),
+            Field(json_schema_extra=NO_NUL),
         ]
         | None
     ) = None
-
-
-# Response models: documentation only. Handlers pass JSON rendered by PostgreSQL straight through.
-class Asset(BaseModel):
-    code: str = Field(examples=["GOLD"])
-    name: str = Field(examples=["Gold Coins"])
-    scale: int = Field(examples=[0])
-
-
-class AssetList(BaseModel):
-    items: list[Asset]
-
-
-class User(BaseModel):
-    user_id: str = Field(examples=["alice"])
-    display_name: str | None = Field(examples=["Alice"])
-    created_at: str = Field(examples=["2026-11-22T10:00:00.123456Z"])
-
-
-class Balance(BaseModel):
-    user_id: str = Field(examples=["alice"])
-    asset: str = Field(examples=["GOLD"])
-    balance: int = Field(examples=[1100])
-
-
-class AssetBalance(BaseModel):
-    asset: str = Field(examples=["GOLD"])
-    balance: int = Field(examples=[1100])
-
-
-class Balances(BaseModel):
-    user_id: str = Field(examples=["alice"])
-    balances: list[AssetBalance]
-
-
-class Entry(BaseModel):
-    account: str = Field(examples=["user:alice"])
-    amount: int = Field(examples=[100])
-
-
-class Transaction(BaseModel):
-    id: str = Field(examples=["tx_00000000000004d2"])
-    type: str = Field(examples=["topup"])
-    status: Literal["posted"]
-    user_id: str | None = Field(examples=["alice"])
-    asset: str = Field(examples=["GOLD"])
-    amount: int = Field(examples=[100])
-    balance_after: int | None = Field(examples=[1100])
-    description: str | None = Field(examples=["Weekly allowance"])
-    metadata: dict[str, Any] = Field(examples=[{"campaign": "w47"}])
-    entries: list[Entry]
-    created_at: str = Field(examples=["2026-11-22T10:00:00.123456Z"])
-
-
-class TransactionPage(BaseModel):
-    items: list[Transaction]
-    next_cursor: str | None = Field(examples=["tx_00000000000004d2"])
-
-
-class Problem(BaseModel):
-    type: str = Field(examples=["https://wallet.example/problems/insufficient_funds"])
-    title: str = Field(examples=["Insufficient funds"])
-    status: int = Field(examples=[409])
-    detail: str = Field(examples=["Balance of user:alice in GOLD is 50, less than the 100 requested."])
-    code: str = Field(examples=["insufficient_funds"])
-    errors: list[dict[str, Any]] | None = Field(default=None, description="Offending fields, on 422.")
-
-
-class BatchResult(BaseModel):
-    status: int = Field(examples=[201])
-    transaction: Transaction | None = None
-    problem: Problem | None = None
-
-
-class BatchResponse(BaseModel):
-    results: list[BatchResult]
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    database: Literal["ok", "unavailable"]

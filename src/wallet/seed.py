@@ -5,7 +5,8 @@ import uuid
 import asyncpg
 
 from wallet.kinds import KINDS, SYSTEM_ACCOUNTS
-from wallet.ledger import Caller, Movement, ensure_user, post_on
+from wallet.ledger import Caller, Movement, Request, post_on
+from wallet.reads import ensure_user
 
 SEED_ASSETS = (("GOLD", "Gold Coins"), ("DIAMOND", "Diamonds"), ("LOYALTY", "Loyalty Points"))
 SEED_FUNDING: dict[str, dict[str, int]] = {
@@ -45,4 +46,4 @@ async def seed(conn: asyncpg.Connection) -> None:
         for asset, amount in funding.items():
             movement = Movement(KINDS["topup"], user_id, asset, amount, "Welcome credits", {"source": "seed"})
             caller = Caller(seed_key_id, SEED_KEY_NAME, uuid.uuid4())
-            await post_on(conn, caller, f"seed:{user_id}:{asset}", movement)
+            await post_on(conn, Request(caller, f"seed:{user_id}:{asset}", movement))

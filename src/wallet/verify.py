@@ -7,14 +7,16 @@ import asyncpg
 
 # Each check is a set-based query returning the violating rows; a clean ledger returns none.
 VERIFY_CHECKS: dict[str, str] = {
-    "every transaction's entries sum to 0 (at least two legs)": """
-        SELECT wallet_public_id(t.id) AS transaction, coalesce(sum(e.amount), 0) AS total, count(e.leg) AS legs
-          FROM transactions t LEFT JOIN entries e ON e.transaction_id = t.id
-         GROUP BY t.id HAVING coalesce(sum(e.amount), 0) <> 0 OR count(e.leg) < 2""",
-    "every entry is on an account of its transaction's asset": """
-        SELECT wallet_public_id(e.transaction_id) AS transaction, e.leg, a.asset, t.asset AS expected
-          FROM entries e JOIN transactions t ON t.id = e.transaction_id LEFT JOIN accounts a ON a.id = e.account_id
-         WHERE a.id IS NULL OR a.asset <> t.asset""",
+    "every transaction's entries sum to 0 in each asset (at least two legs, one in its own asset)": """
+        SELECT wallet_public_id(t.id) AS transaction, l.asset, l.total, l.legs
+          FROM transactions t
+          LEFT JOIN LATERAL (SELECT a.asset, sum(e.amount) AS total, count(*) AS legs
+                               FROM entries e JOIN accounts a ON a.id = e.account_id
+                              WHERE e.transaction_id = t.id GROUP BY a.asset) l ON true
+         WHERE l.total <> 0
+            OR NOT EXISTS (SELECT FROM entries e JOIN accounts a ON a.id = e.account_id
+                            WHERE e.transaction_id = t.id AND a.asset = t.asset)
+            OR (SELECT count(*) FROM entries e WHERE e.transaction_id = t.id) < 2""",
     "every asset's entries sum to 0": """
         SELECT a.asset, sum(e.amount) AS total FROM entries e JOIN accounts a ON a.id = e.account_id
          GROUP BY a.asset HAVING sum(e.amount) <> 0""",
@@ -26,14 +28,28 @@ VERIFY_CHECKS: dict[str, str] = {
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM entries GROUP BY account_id) s
                  ON s.account_id = b.id
          WHERE b.balance <> coalesce(s.total, 0)""",
+    "every user entry is on no stripe, every system entry on one": """
+        SELECT wallet_public_id(e.transaction_id) AS transaction, e.leg, a.name, e.stripe
+          FROM entries e JOIN accounts a ON a.id = e.account_id
+         WHERE (a.kind = 'user') <> (e.stripe IS NULL)
+            OR e.stripe NOT BETWEEN 0 AND wallet_stripe_count() - 1""",
     "every user balance equals its latest entry's balance_after": """
         SELECT a.name, a.asset, a.balance, last.balance_after
           FROM accounts a
-          CROSS JOIN LATERAL (SELECT balance_after FROM entries WHERE account_id = a.id
+          CROSS JOIN LATERAL (SELECT balance_after FROM entries WHERE account_id = a.id AND stripe IS NULL
                                ORDER BY transaction_id DESC LIMIT 1) last
          WHERE a.kind = 'user' AND last.balance_after IS DISTINCT FROM a.balance""",
-    "no user balance below 0": """
-        SELECT name, asset, balance FROM accounts WHERE kind = 'user' AND balance < 0""",
+    "every stripe's balance equals the sum of its entries and its latest entry's balance_after": """
+        SELECT a.name, a.asset, s.stripe, s.balance, sums.total, last.balance_after
+          FROM account_stripes s JOIN accounts a ON a.id = s.account_id
+          LEFT JOIN LATERAL (SELECT sum(amount) AS total FROM entries e
+                              WHERE e.account_id = s.account_id AND e.stripe = s.stripe) sums ON true
+          LEFT JOIN LATERAL (SELECT balance_after FROM entries e
+                              WHERE e.account_id = s.account_id AND e.stripe = s.stripe
+                              ORDER BY e.transaction_id DESC LIMIT 1) last ON true
+         WHERE s.balance <> coalesce(sums.total, 0) OR s.balance <> coalesce(last.balance_after, 0)""",
+    "no user balance below 0, nor below what it holds": """
+        SELECT name, asset, balance, held FROM accounts WHERE kind = 'user' AND (balance < 0 OR held > balance)""",
     "every system account is its stripes: all of them, rooms summing to its distance from its floor": """
         SELECT a.name, a.asset, a.balance AS own_balance, count(s.stripe) AS stripes, sum(s.balance) AS balance,
                sum(s.room) AS room, a.balance_min
@@ -48,15 +64,57 @@ VERIFY_CHECKS: dict[str, str] = {
     "every entry belongs to a transaction": """
         SELECT e.transaction_id, e.leg FROM entries e LEFT JOIN transactions t ON t.id = e.transaction_id
          WHERE t.id IS NULL""",
-    "every idempotency record of a success names a transaction that exists": """
-        SELECT k.api_key_id, k.key, k.transaction_id FROM idempotency_keys k
+    "every account's held equals the sum of its holds still held": """
+        SELECT a.name, a.asset, a.held, coalesce(h.total, 0) AS holds
+          FROM accounts a
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM holds WHERE status = 'held'
+                      GROUP BY account_id) h ON h.account_id = a.id
+         WHERE a.held <> coalesce(h.total, 0)""",
+    "every hold is on its user's account of its asset": """
+        SELECT wallet_hold_public_id(h.id) AS hold, h.user_id, h.asset, a.name, a.asset AS account_asset
+          FROM holds h LEFT JOIN accounts a ON a.id = h.account_id
+         WHERE a.id IS NULL OR a.name <> 'user:' || h.user_id OR a.asset <> h.asset""",
+    "every captured hold and its purchase name each other, for the captured amount": """
+        SELECT wallet_hold_public_id(h.id) AS hold, h.captured_amount, wallet_public_id(t.id) AS transaction,
+               t.amount, t.hold_id
+          FROM holds h FULL JOIN transactions t ON t.id = h.transaction_id
+         WHERE (h.status = 'captured' OR t.hold_id IS NOT NULL)
+           AND (h.id IS NULL OR t.id IS NULL OR t.hold_id IS DISTINCT FROM h.id OR t.type <> 'purchase'
+                OR t.amount <> h.captured_amount OR t.user_id <> h.user_id OR t.asset <> h.asset)""",
+    "every refund's original is a purchase, top-up or bonus of its user and asset": """
+        SELECT wallet_public_id(r.id) AS refund, wallet_public_id(r.refund_of) AS original, o.type
+          FROM transactions r LEFT JOIN transactions o ON o.id = r.refund_of
+         WHERE (r.type = 'refund') <> (r.refund_of IS NOT NULL)
+            OR r.refund_of IS NOT NULL AND (o.id IS NULL OR o.type NOT IN ('purchase', 'topup', 'bonus')
+                                            OR o.user_id <> r.user_id OR o.asset <> r.asset)""",
+    "refunds never add up to more than their original, and the count of what is refunded is their sum": """
+        SELECT wallet_public_id(o.id) AS original, o.amount, c.amount AS counted, r.total AS refunded
+          FROM transactions o
+          LEFT JOIN refunded c ON c.transaction_id = o.id
+          LEFT JOIN (SELECT refund_of, sum(amount) AS total FROM transactions WHERE refund_of IS NOT NULL
+                      GROUP BY refund_of) r ON r.refund_of = o.id
+         WHERE (c.transaction_id IS NOT NULL OR r.refund_of IS NOT NULL)
+           AND (coalesce(c.amount, 0) <> coalesce(r.total, 0) OR coalesce(r.total, 0) > o.amount)""",
+    "every refund reverses its original's legs, never more of a leg than it had": """
+        SELECT wallet_public_id(o.id) AS original, a.name, a.asset, e.amount, coalesce(sum(x.amount), 0) AS reversed
+          FROM transactions o JOIN entries e ON e.transaction_id = o.id JOIN accounts a ON a.id = e.account_id
+          LEFT JOIN transactions r ON r.refund_of = o.id
+          LEFT JOIN entries x ON x.transaction_id = r.id AND x.account_id = e.account_id
+         WHERE EXISTS (SELECT FROM transactions r2 WHERE r2.refund_of = o.id)
+         GROUP BY o.id, e.leg, a.name, a.asset, e.amount
+        HAVING sign(coalesce(sum(x.amount), 0)) = sign(e.amount) OR abs(coalesce(sum(x.amount), 0)) > abs(e.amount)""",
+    "every account of a frozen user is flagged frozen, and no other": """
+        SELECT a.name, a.asset, a.frozen, u.status FROM accounts a LEFT JOIN users u ON u.user_id = a.user_id
+         WHERE a.frozen <> coalesce(u.status = 'frozen', false)""",
+    "every idempotency record names one outcome, which exists: a transaction, a hold, or a problem": """
+        SELECT k.api_key_id, k.key, k.transaction_id, k.hold_id FROM idempotency_keys k
           LEFT JOIN transactions t ON t.id = k.transaction_id
-         WHERE k.transaction_id IS NOT NULL AND t.id IS NULL""",
+          LEFT JOIN holds h ON h.id = k.hold_id
+         WHERE num_nonnulls(k.transaction_id, k.hold_id, k.problem) <> 1
+            OR k.transaction_id IS NOT NULL AND t.id IS NULL OR k.hold_id IS NOT NULL AND h.id IS NULL""",
     "every idempotency record belongs to an API key": """
         SELECT k.api_key_id, k.key FROM idempotency_keys k LEFT JOIN api_keys a ON a.id = k.api_key_id
          WHERE a.id IS NULL""",
-    "every idempotency record names its outcome: a transaction or a problem": """
-        SELECT api_key_id, key FROM idempotency_keys WHERE (transaction_id IS NULL) = (problem IS NULL)""",
 }
 
 

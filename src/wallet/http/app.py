@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from wallet import __version__, ledger
+from wallet import __version__, ledger, maintenance
 from wallet.config import Settings, get_settings
 from wallet.http import openapi, problems
 from wallet.http.envelope import Envelope
-from wallet.http.routes import assets, health, movements, transactions, users
+from wallet.http.routes import assets, health, holds, movements, transactions, users
 from wallet.http.services import Services
 
-ROUTERS = (health.router, assets.router, users.router, movements.router, transactions.router)
+ROUTERS = (health.router, assets.router, users.router, movements.router, holds.router, transactions.router)
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await shared.database.open()
         background = [
-            asyncio.create_task(ledger.maintain(shared.database, settings)),
+            asyncio.create_task(maintenance.maintain(shared.database, settings)),
             asyncio.create_task(shared.database.warm(settings.pool_size_max, ledger.HOT_STATEMENTS)),
         ]
         try:

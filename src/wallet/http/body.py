@@ -68,6 +68,14 @@ async def read(request: Request, model: type[M]) -> M:
     return parse(await request.body(), request.headers.get("content-type"), model)
 
 
+async def read_optional(request: Request, model: type[M]) -> M:
+    """A body that may be left out (or empty): the model's defaults then."""
+    raw = await request.body()
+    if not raw.strip():
+        return model()
+    return parse(raw, request.headers.get("content-type"), model)
+
+
 def idempotency_key(request: Request) -> str:
     values = request.headers.getlist("idempotency-key")
     if not values:

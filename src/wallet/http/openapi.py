@@ -7,7 +7,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from wallet.errors import CODES, PROBLEM_MEDIA_TYPE, problem
-from wallet.models import IDEMPOTENCY_KEY_PATTERN, Problem
+from wallet.http.documents import Problem
+from wallet.models import IDEMPOTENCY_KEY_PATTERN
 
 JSON = "application/json"
 COMMON_CODES = ("unauthenticated", "forbidden", "rate_limited", "unavailable")

@@ -19,6 +19,7 @@ from wallet.errors import (
     WalletError,
     problem,
 )
+from wallet.holds import HoldOutcome
 from wallet.ledger import Outcome, differences
 
 
@@ -37,7 +38,9 @@ async def send(send: Send, error: WalletError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def of_outcome(outcome: Outcome, idempotency_key: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+def of_outcome(
+    outcome: Outcome | HoldOutcome, idempotency_key: str, endpoint: str, request: dict[str, Any]
+) -> dict[str, Any]:
     """The problem document of an outcome that is not a success: recorded failures are rendered the same way on
     the first answer and on every replay."""
     stored = outcome.problem
@@ -49,7 +52,8 @@ def of_outcome(outcome: Outcome, idempotency_key: str, endpoint: str, request: d
             f"Idempotency-Key {idempotency_key} was first used for another request ({fields} differ).",
             differences=found,
         ).to_problem()
-    return problem(stored["code"], stored["detail"])
+    extra = {name: value for name, value in stored.items() if name not in ("code", "detail")}  # a 422's errors
+    return problem(stored["code"], stored["detail"], **extra)
 
 
 def validation_failed(errors: Any, prefix: tuple[str | int, ...] = ()) -> ValidationFailed:

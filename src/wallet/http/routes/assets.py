@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from wallet import ledger
+from wallet import reads
 from wallet.http.auth import require
+from wallet.http.documents import AssetList
 from wallet.http.openapi import responses
 from wallet.http.services import database
-from wallet.models import AssetList
 
 router = APIRouter(tags=["assets"])
 
@@ -18,4 +18,4 @@ router = APIRouter(tags=["assets"])
     dependencies=[Depends(require("read"))],
 )
 async def list_assets(request: Request) -> Response:
-    return Response(await ledger.list_assets(database(request)), media_type="application/json")
+    return Response(await reads.list_assets(database(request)), media_type="application/json")

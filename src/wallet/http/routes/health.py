@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter, Request, Response
 
+from wallet.http.documents import Health
 from wallet.http.services import database
-from wallet.models import Health
 
 router = APIRouter(tags=["operations"])
 HEALTH_TIMEOUT_S = 1.0

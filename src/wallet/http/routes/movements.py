@@ -1,24 +1,35 @@
-"""Money-moving requests: one route per posting kind of the registry, and batches of them."""
+"""Money-moving requests: one route per posting kind of the registry (purchases with their rewards),
+adjustments, and batches of them (captures and refunds included)."""
 
-import uuid
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import ValidationError as PydanticValidationError
 
 from wallet import ledger
-from wallet.errors import PROBLEM_MEDIA_TYPE, Forbidden, ValidationFailed
-from wallet.http import body, openapi, problems
+from wallet.errors import Forbidden, ValidationFailed
+from wallet.http import answers, body, openapi, problems
 from wallet.http.auth import authenticate, bearer, require
-from wallet.http.envelope import context
+from wallet.http.documents import BatchResponse, Transaction
 from wallet.http.openapi import responses
-from wallet.http.services import database, services
+from wallet.http.services import database
 from wallet.keys import ApiKey
 from wallet.kinds import KINDS, KINDS_BY_PATH
-from wallet.ledger import Caller, Movement
-from wallet.models import BatchRequest, BatchResponse, MovementRequest, Transaction
-from wallet.render import public_id
+from wallet.ledger import Adjustment, Capture, Movement, Posting, Refund, Reward
+from wallet.models import (
+    AdjustmentRequest,
+    BatchBody,
+    BatchCapture,
+    BatchOperation,
+    BatchRefund,
+    BatchRequest,
+    MovementRequest,
+    PurchaseRequest,
+    operation,
+)
+from wallet.render import parse_public_id
 
 router = APIRouter(tags=["movements"])
 JSON = "application/json"
@@ -43,20 +54,16 @@ async def kind_key(request: Request, credentials: HTTPAuthorizationCredentials |
     return key
 
 
+def movement(kind_type: str, sent: MovementRequest) -> Movement:
+    rewards = tuple(Reward(r.asset, r.amount) for r in getattr(sent, "rewards", ()))
+    return Movement(KINDS[kind_type], sent.user_id, sent.asset, sent.amount, sent.description, sent.metadata, rewards)
+
+
 async def create(request: Request, key: ApiKey = Depends(kind_key)) -> Response:
     """POST of any kind: the kind is the route's."""
     kind = KINDS_BY_PATH[request.scope["route"].path]
-    idempotency_key = body.idempotency_key(request)
-    sent = await body.read(request, MovementRequest)
-    movement = Movement(kind, sent.user_id, sent.asset, sent.amount, sent.description, sent.metadata)
-    caller = Caller(key.id, key.name, uuid.uuid4())  # the attempt id is the same across the service's retries
-    outcome = await services(request).group_commit.post(ledger.Request(caller, idempotency_key, movement))
-    headers = {"Idempotent-Replayed": "true"} if outcome.kind == "replayed" else {}
-    if outcome.transaction is None:
-        failure = problems.of_outcome(outcome, idempotency_key, kind.endpoint, movement.request())
-        return Response(orjson.dumps(failure), failure["status"], headers, media_type=PROBLEM_MEDIA_TYPE)
-    context(request.scope).transaction_id = public_id(outcome.transaction.id)
-    return Response(outcome.transaction.render(), 201, headers, media_type=JSON)
+    sent = await body.read(request, PurchaseRequest if kind.rewards else MovementRequest)
+    return await answers.posting(request, key, movement(kind.type, sent))
 
 
 def with_link(documented: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
@@ -79,15 +86,60 @@ for _kind in KINDS.values():
         status_code=201,
         summary=_kind.summary,
         name=f"create_{_kind.type}",
-        openapi_extra={**openapi.body(MovementRequest), "parameters": [openapi.IDEMPOTENCY_KEY_HEADER]},
+        openapi_extra={
+            **openapi.body(PurchaseRequest if _kind.rewards else MovementRequest),
+            "parameters": [openapi.IDEMPOTENCY_KEY_HEADER],
+        },
         responses=with_link(responses(201, Transaction, "Posted.", *POSTING_CODES, *_kind.codes)),
     )
 
 
-def _repeated_keys(request: BatchRequest) -> None:
+@router.post(
+    "/v1/adjustments",
+    response_model=Transaction,
+    status_code=201,
+    summary="An operator's correction: signed entries summing to 0 per asset",
+    openapi_extra={**openapi.body(AdjustmentRequest), "parameters": [openapi.IDEMPOTENCY_KEY_HEADER]},
+    responses=with_link(
+        responses(201, Transaction, "Posted.", *POSTING_CODES, "insufficient_funds", "supply_limit_exceeded")
+    ),
+)
+async def adjust(request: Request, key: ApiKey = Depends(require("admin"))) -> Response:
+    sent = await body.read(request, AdjustmentRequest)
+    entries = tuple((e.account, e.asset, e.amount) for e in sent.entries)
+    return await answers.posting(request, key, Adjustment(sent.reason, entries, sent.metadata))
+
+
+def _posting_of(op: BatchOperation | BatchCapture | BatchRefund) -> tuple[str, Posting]:
+    """The scope an item needs, and its posting."""
+    if isinstance(op, BatchCapture):
+        hold_id = parse_public_id(op.hold_id, "hold")
+        assert hold_id is not None  # the pattern admits only ids this service hands out
+        return "purchase", Capture(hold_id, op.amount, op.description, op.metadata)
+    if isinstance(op, BatchRefund):
+        transaction_id = parse_public_id(op.transaction_id)
+        assert transaction_id is not None
+        return "purchase", Refund(transaction_id, op.amount, op.reason)
+    return KINDS[op.type].scope, movement(op.type, op)
+
+
+def _operations(sent: BatchBody) -> list[BatchOperation | BatchCapture | BatchRefund]:
+    """Each item validated by its type; a problem names the item's fields (operations.3.amount)."""
+    parsed: list[BatchOperation | BatchCapture | BatchRefund] = []
+    errors: list[Any] = []
+    for index, data in enumerate(sent.operations):
+        try:
+            parsed.append(operation(data))
+        except PydanticValidationError as exc:
+            errors += [
+                {**e, "loc": ("operations", index, *e["loc"])}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+    if errors:
+        raise problems.validation_failed(errors)
     seen: dict[str, int] = {}
-    for index, operation in enumerate(request.operations):
-        first = seen.setdefault(operation.idempotency_key, index)
+    for index, op in enumerate(parsed):
+        first = seen.setdefault(op.idempotency_key, index)
         if first != index:
             raise ValidationFailed(
                 f"operations.{index}.idempotency_key repeats operations.{first}'s.",
@@ -99,6 +151,7 @@ def _repeated_keys(request: BatchRequest) -> None:
                     }
                 ],
             )
+    return parsed
 
 
 @router.post(
@@ -111,19 +164,15 @@ def _repeated_keys(request: BatchRequest) -> None:
     ),
 )
 async def batch(request: Request, key: ApiKey = Depends(require(*(kind.scope for kind in KINDS.values())))) -> Response:
-    sent = await body.read(request, BatchRequest)
-    missing = sorted({KINDS[op.type].scope for op in sent.operations if not key.allows(KINDS[op.type].scope)})
+    sent = await body.read(request, BatchBody)
+    operations = _operations(sent)
+    scoped = [_posting_of(op) for op in operations]
+    missing = sorted({scope for scope, _ in scoped if not key.allows(scope)})
     if missing:
         raise Forbidden(f"The key {key.name} lacks the {', '.join(missing)} scope(s) this batch needs.")
-    _repeated_keys(sent)
-    caller = Caller(key.id, key.name, uuid.uuid4())
+    caller = answers.caller(key)
     items = [
-        ledger.Request(
-            caller,
-            op.idempotency_key,
-            Movement(KINDS[op.type], op.user_id, op.asset, op.amount, op.description, op.metadata),
-        )
-        for op in sent.operations
+        ledger.Request(caller, op.idempotency_key, posting) for op, (_, posting) in zip(operations, scoped, strict=True)
     ]
     outcomes = await ledger.post_batch(database(request), sent.atomic, items)
     results: list[dict[str, Any]] = []
@@ -131,8 +180,8 @@ async def batch(request: Request, key: ApiKey = Depends(require(*(kind.scope for
         if outcome.transaction is not None:
             result: dict[str, Any] = {"status": 201, "transaction": orjson.Fragment(outcome.transaction.render())}
         else:
-            movement = item.movement
-            failure = problems.of_outcome(outcome, item.idempotency_key, movement.kind.endpoint, movement.request())
+            posting = item.posting
+            failure = problems.of_outcome(outcome, item.idempotency_key, posting.endpoint, posting.request())
             result = {"status": failure["status"], "problem": failure}
         if outcome.kind == "replayed":
             result["replayed"] = True

@@ -1,16 +1,19 @@
-"""Users and what belongs to them: PUT/GET a user, balances, history."""
+"""Users and what belongs to them: PUT/GET a user, freeze and unfreeze, balances (now or as of an instant),
+history."""
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from wallet import ledger
+from wallet import reads
 from wallet.http import body, openapi
 from wallet.http.auth import require
+from wallet.http.documents import Balance, Balances, TransactionPage, User
 from wallet.http.openapi import responses
-from wallet.http.routes.params import AssetPath, AssetQuery, UserIdPath
+from wallet.http.routes.params import AssetPath, AssetQuery, UserIdPath, as_of
 from wallet.http.services import database
-from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_MAX, Balance, Balances, TransactionPage, User, UserRequest
+from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_MAX, EmptyRequest, FreezeRequest, UserRequest
 
 router = APIRouter()
 JSON = "application/json"
@@ -33,12 +36,9 @@ read = [Depends(require("read"))]
     dependencies=[Depends(require("admin"))],
 )
 async def put_user(request: Request, user_id: UserIdPath) -> Response:
-    raw = await request.body()
-    sent = UserRequest()
-    if raw.strip():
-        sent = body.parse(raw, request.headers.get("content-type"), UserRequest)
+    sent = await body.read_optional(request, UserRequest)
     rename = "display_name" in sent.model_fields_set
-    created, representation = await ledger.put_user(database(request), user_id, sent.display_name, rename)
+    created, representation = await reads.put_user(database(request), user_id, sent.display_name, rename)
     return Response(representation, 201 if created else 200, media_type=JSON)
 
 
@@ -50,29 +50,74 @@ async def put_user(request: Request, user_id: UserIdPath) -> Response:
     dependencies=read,
 )
 async def get_user(request: Request, user_id: UserIdPath) -> Response:
-    return Response(await ledger.get_user(database(request), user_id), media_type=JSON)
+    return Response(await reads.get_user(database(request), user_id), media_type=JSON)
+
+
+@router.post(
+    "/v1/users/{user_id}/freeze",
+    response_model=User,
+    tags=["users"],
+    summary="Freeze a user: nothing can be taken from them (credits still apply)",
+    openapi_extra=openapi.body(FreezeRequest),
+    responses=responses(200, User, "The user, frozen.", "user_not_found", "validation_error"),
+    dependencies=[Depends(require("admin"))],
+)
+async def freeze(request: Request, user_id: UserIdPath) -> Response:
+    sent = await body.read(request, FreezeRequest)
+    return Response(await reads.set_frozen(database(request), user_id, True, sent.reason), media_type=JSON)
+
+
+@router.post(
+    "/v1/users/{user_id}/unfreeze",
+    response_model=User,
+    tags=["users"],
+    summary="Unfreeze a user",
+    openapi_extra=openapi.body(EmptyRequest, required=False),
+    responses=responses(200, User, "The user, active.", "user_not_found", "validation_error"),
+    dependencies=[Depends(require("admin"))],
+)
+async def unfreeze(request: Request, user_id: UserIdPath) -> Response:
+    await body.read_optional(request, EmptyRequest)
+    return Response(await reads.set_frozen(database(request), user_id, False, None), media_type=JSON)
 
 
 @router.get(
     "/v1/users/{user_id}/balances",
     response_model=Balances,
     tags=["balances"],
-    responses=responses(200, Balances, "Every asset's balance, 0 included.", "user_not_found", "validation_error"),
+    responses=responses(
+        200,
+        Balances,
+        "Every asset's balance, 0 included; with `as_of`, as it was then.",
+        "user_not_found",
+        "validation_error",
+    ),
     dependencies=read,
 )
-async def get_balances(request: Request, user_id: UserIdPath) -> Response:
-    return Response(await ledger.get_balances(database(request), user_id), media_type=JSON)
+async def get_balances(
+    request: Request, user_id: UserIdPath, at: Annotated[datetime | None, Depends(as_of)]
+) -> Response:
+    return Response(await reads.get_balances(database(request), user_id, at), media_type=JSON)
 
 
 @router.get(
     "/v1/users/{user_id}/balances/{asset}",
     response_model=Balance,
     tags=["balances"],
-    responses=responses(200, Balance, "The balance.", "user_not_found", "asset_not_found", "validation_error"),
+    responses=responses(
+        200,
+        Balance,
+        "The balance; with `as_of`, as it was then.",
+        "user_not_found",
+        "asset_not_found",
+        "validation_error",
+    ),
     dependencies=read,
 )
-async def get_balance(request: Request, user_id: UserIdPath, asset: AssetPath) -> Response:
-    return Response(await ledger.get_balance(database(request), user_id, asset), media_type=JSON)
+async def get_balance(
+    request: Request, user_id: UserIdPath, asset: AssetPath, at: Annotated[datetime | None, Depends(as_of)]
+) -> Response:
+    return Response(await reads.get_balance(database(request), user_id, asset, at), media_type=JSON)
 
 
 @router.get(
@@ -98,5 +143,5 @@ async def get_history(
         str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> Response:
-    page = await ledger.get_history(database(request), user_id, asset, limit, cursor)
+    page = await reads.get_history(database(request), user_id, asset, limit, cursor)
     return Response(page, media_type=JSON)

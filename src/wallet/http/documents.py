@@ -1,0 +1,135 @@
+"""Response models: documentation only (the OpenAPI document). Handlers answer JSON rendered by render.py or
+PostgreSQL straight through."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+TIMESTAMP_EXAMPLE = "2026-11-22T10:00:00.123456Z"
+
+
+class Asset(BaseModel):
+    code: str = Field(examples=["GOLD"])
+    name: str = Field(examples=["Gold Coins"])
+    scale: int = Field(examples=[0])
+
+
+class AssetList(BaseModel):
+    items: list[Asset]
+
+
+class User(BaseModel):
+    user_id: str = Field(examples=["alice"])
+    display_name: str | None = Field(examples=["Alice"])
+    status: Literal["active", "frozen"]
+    frozen_reason: str | None = Field(examples=[None])
+    frozen_at: str | None = Field(examples=[None], description="Since when the user is frozen.")
+    created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+
+
+class Balance(BaseModel):
+    user_id: str = Field(examples=["alice"])
+    asset: str = Field(examples=["GOLD"])
+    balance: int = Field(examples=[1100], description="Posted.")
+    held: int | None = Field(default=None, examples=[100], description="Sum of active holds; not with as_of.")
+    available: int | None = Field(default=None, examples=[1000], description="balance - held; not with as_of.")
+    as_of: str | None = Field(default=None, examples=[TIMESTAMP_EXAMPLE], description="Only with as_of.")
+
+
+class AssetBalance(BaseModel):
+    asset: str = Field(examples=["GOLD"])
+    balance: int = Field(examples=[1100])
+    held: int | None = Field(default=None, examples=[100])
+    available: int | None = Field(default=None, examples=[1000])
+
+
+class Balances(BaseModel):
+    user_id: str = Field(examples=["alice"])
+    balances: list[AssetBalance]
+    as_of: str | None = Field(default=None, examples=[TIMESTAMP_EXAMPLE], description="Only with as_of.")
+
+
+class Entry(BaseModel):
+    account: str = Field(examples=["user:alice"])
+    asset: str = Field(examples=["GOLD"])
+    amount: int = Field(examples=[100])
+
+
+class Reward(BaseModel):
+    asset: str = Field(examples=["LOYALTY"])
+    amount: int = Field(examples=[10])
+    balance_after: int | None = Field(examples=[210])
+
+
+class Transaction(BaseModel):
+    id: str = Field(examples=["tx_00000000000004d2"])
+    type: str = Field(examples=["topup"])
+    status: Literal["posted"]
+    user_id: str | None = Field(examples=["alice"])
+    asset: str = Field(examples=["GOLD"])
+    amount: int = Field(examples=[100])
+    balance_after: int | None = Field(examples=[1100])
+    description: str | None = Field(examples=["Weekly allowance"])
+    metadata: dict[str, Any] = Field(examples=[{"campaign": "w47"}])
+    entries: list[Entry]
+    rewards: list[Reward]
+    refund_of: str | None = Field(examples=[None])
+    hold_id: str | None = Field(examples=[None])
+    created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+
+
+class TransactionPage(BaseModel):
+    items: list[Transaction]
+    next_cursor: str | None = Field(examples=["tx_00000000000004d2"])
+
+
+class Refunds(BaseModel):
+    transaction_id: str = Field(examples=["tx_00000000000004d2"])
+    amount: int = Field(examples=[100])
+    refunded_amount: int = Field(examples=[30])
+    refundable_amount: int = Field(examples=[70])
+    items: list[Transaction]
+
+
+class Hold(BaseModel):
+    id: str = Field(examples=["hold_000000000000002a"])
+    status: Literal["held", "captured", "voided", "expired"]
+    user_id: str = Field(examples=["alice"])
+    asset: str = Field(examples=["GOLD"])
+    amount: int = Field(examples=[100])
+    captured_amount: int | None = Field(examples=[None])
+    expires_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    transaction_id: str | None = Field(examples=[None])
+    created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    resolved_at: str | None = Field(examples=[None])
+    description: str | None = Field(examples=["Tournament buy-in"])
+    metadata: dict[str, Any] = Field(examples=[{"tournament": 7}])
+
+
+class HoldPage(BaseModel):
+    items: list[Hold]
+    next_cursor: str | None = Field(examples=["hold_000000000000002a"])
+
+
+class Problem(BaseModel):
+    type: str = Field(examples=["https://wallet.example/problems/insufficient_funds"])
+    title: str = Field(examples=["Insufficient funds"])
+    status: int = Field(examples=[409])
+    detail: str = Field(examples=["Balance of user:alice in GOLD is 50, less than the 100 requested."])
+    code: str = Field(examples=["insufficient_funds"])
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Offending fields, on 422.")
+
+
+class BatchResult(BaseModel):
+    status: int = Field(examples=[201])
+    transaction: Transaction | None = None
+    problem: Problem | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchResult]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unavailable"]

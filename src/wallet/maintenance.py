@@ -1,0 +1,56 @@
+"""What every worker does in the background, beside the requests: idempotency keys past their retention are
+purged, and holds past their expiry are marked expired (readers and writers treat them as expired at once; this
+only tidies up and releases what they held on the account)."""
+
+import asyncio
+import logging
+
+import asyncpg
+
+from wallet.config import Settings
+from wallet.database import Database
+from wallet.errors import WalletError
+
+log = logging.getLogger("wallet.maintenance")
+
+PURGE_INTERVAL_S = 3600
+EXPIRY_BATCH_MAX = 1000  # holds marked per transaction
+RETRY_S = 60
+
+
+async def purge_idempotency_keys(conn: asyncpg.Connection, retention_days: int) -> int:
+    status = await conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(days => $1)", retention_days
+    )
+    return int(status.split()[-1])
+
+
+async def expire_holds(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT wallet_expire_holds($1)", EXPIRY_BATCH_MAX))
+
+
+async def purge_loop(database: Database, settings: Settings) -> None:
+    """Purges idempotency keys past their retention, hourly. Survives outages: a round that fails is tried again a
+    minute later."""
+    while True:
+        try:
+            await database.run(lambda conn: purge_idempotency_keys(conn, settings.idempotency_retention_days))
+            await asyncio.sleep(PURGE_INTERVAL_S)
+        except WalletError as exc:
+            log.warning("purge skipped: %s", exc.detail)
+            await asyncio.sleep(RETRY_S)
+
+
+async def expiry_loop(database: Database, interval_s: float) -> None:
+    """Marks due holds expired, every interval (at once again while there are more)."""
+    while True:
+        try:
+            marked = await database.run(expire_holds)
+            await asyncio.sleep(0 if marked >= EXPIRY_BATCH_MAX else interval_s)
+        except WalletError as exc:
+            log.warning("hold expiry skipped: %s", exc.detail)
+            await asyncio.sleep(RETRY_S)
+
+
+async def maintain(database: Database, settings: Settings) -> None:
+    await asyncio.gather(purge_loop(database, settings), expiry_loop(database, settings.hold_expiry_interval_ms / 1000))
