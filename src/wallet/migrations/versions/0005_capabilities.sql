@@ -609,13 +609,14 @@ CREATE TYPE wallet_hold_outcome AS (outcome text, hold_id bigint, problem jsonb)
 CREATE FUNCTION wallet_hold_stored(p_item wallet_item) RETURNS wallet_hold_outcome
 LANGUAGE sql AS $$
     SELECT CASE WHEN k.attempt_id = p_item.attempt_id THEN CASE WHEN k.problem IS NULL THEN 'created' ELSE 'failed' END
-                WHEN k.endpoint = p_item.endpoint AND k.request = p_item.request THEN 'replayed'
+                WHEN same THEN 'replayed'
                 ELSE 'reused' END,
-           k.hold_id,
-           CASE WHEN k.attempt_id = p_item.attempt_id OR (k.endpoint = p_item.endpoint AND k.request = p_item.request)
-                THEN k.problem
-                ELSE jsonb_build_object('endpoint', k.endpoint, 'request', k.request) END
-      FROM idempotency_keys k WHERE k.api_key_id = p_item.api_key_id AND k.key = p_item.key
+           CASE WHEN same THEN k.hold_id END,
+           CASE WHEN same THEN k.problem ELSE jsonb_build_object('endpoint', k.endpoint, 'request', k.request) END
+      FROM idempotency_keys k
+     CROSS JOIN LATERAL (SELECT k.attempt_id = p_item.attempt_id
+                                OR (k.endpoint = p_item.endpoint AND k.request = p_item.request) AS same) c
+     WHERE k.api_key_id = p_item.api_key_id AND k.key = p_item.key
 $$;
 
 CREATE FUNCTION wallet_hold_refuse(p_item wallet_item, p_problem jsonb) RETURNS wallet_hold_outcome
