@@ -249,7 +249,16 @@ async def test_concurrent_requests_share_transactions_and_each_keeps_its_own_out
     sent += [("purchase", {"user_id": users[1], "asset": "DIAMOND", "amount": 1}, None)]  # nothing to spend
     sent += [("topup", {"user_id": ghost, "asset": "GOLD", "amount": 1}, None)]
     sent += [("topup", {"user_id": users[0], "asset": "GOLD", "amount": 5}, replay_key)]
-    responses = await asyncio.gather(*(move(http, api_keys, kind, body, key) for kind, body, key in sent))
+    # The treasury's stripes are locked meanwhile: the first group of each worker waits on them, and what comes
+    # next queues behind it, as under load, whatever the machine's speed.
+    async with db.transaction():
+        await db.execute(
+            """SELECT 1 FROM account_stripes s JOIN accounts a ON a.id = s.account_id
+                WHERE a.name = 'system:treasury' AND a.asset = 'GOLD' FOR UPDATE OF s"""
+        )
+        tasks = [asyncio.create_task(move(http, api_keys, kind, body, key)) for kind, body, key in sent]
+        await asyncio.sleep(1.0)
+    responses = await asyncio.gather(*tasks)
 
     assert [r.status_code for r in responses] == [201] * 48 + [409, 404, 201], [r.text for r in responses[-3:]]
     assert responses[-3].json()["code"] == "insufficient_funds"
@@ -259,7 +268,7 @@ async def test_concurrent_requests_share_transactions_and_each_keeps_its_own_out
         "SELECT count(DISTINCT xmin::text) FROM transactions WHERE user_id = ANY($1) AND amount = 10", users
     )
     print(f"\n48 concurrent top-ups committed in {commits} transactions")
-    assert commits <= 40, "requests hardly shared transactions"
+    assert commits <= 12, "requests hardly shared transactions"
     for user_id in users:
         assert await balance(http, api_keys, user_id, "GOLD") == 10 + (5 if user_id == users[0] else 0)
     await assert_ledger_sums_to_zero(db)
