@@ -156,17 +156,24 @@ async def test_no_debit_commits_after_the_freeze(
     others were refused as frozen, and every one sent after the freeze answered is refused."""
     user_id = await create_user(http, api_keys)
     await move(http, api_keys, "topup", user_id, 1000)
-    frozen = asyncio.Event()
+    started, frozen = asyncio.Event(), asyncio.Event()
+    successes = 0
 
     async def buyer() -> list[tuple[bool, httpx.Response]]:
-        sent = []
-        for _ in range(25):
+        """Buys until three of its purchases were sent after the freeze answered (at most 100)."""
+        nonlocal successes
+        sent: list[tuple[bool, httpx.Response]] = []
+        while len(sent) < 100 and sum(after for after, _ in sent) < 3:
             after_freeze = frozen.is_set()
-            sent.append((after_freeze, await purchase(http, api_keys, user_id, 1)))
+            response = await purchase(http, api_keys, user_id, 1)
+            sent.append((after_freeze, response))
+            successes += response.status_code == 201
+            if successes >= 20:
+                started.set()
         return sent
 
     buyers = [asyncio.create_task(buyer()) for _ in range(8)]
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(started.wait(), 60)
     response = await freeze(http, api_keys, user_id)
     assert response.status_code == 200
     frozen.set()

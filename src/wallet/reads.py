@@ -53,19 +53,27 @@ async def get_refunds(database: Database, transaction_id: str) -> bytes:
     return orjson.dumps(document)
 
 
-async def list_assets(database: Database) -> str:
-    return str(
-        await database.fetchval(
-            """SELECT json_build_object('items', coalesce(json_agg(
-               json_build_object('code', code, 'name', name, 'scale', scale) ORDER BY code), '[]'))
-           FROM assets"""
-        )
+async def list_assets(database: Database) -> bytes:
+    rows = await database.fetch("SELECT code, name, scale FROM assets ORDER BY code")
+    return orjson.dumps({"items": [dict(row) for row in rows]})
+
+
+_USER_COLUMNS = "u.user_id, u.display_name, u.status, u.frozen_reason, u.frozen_at, u.created_at"
+
+
+def _user(row: asyncpg.Record) -> bytes:
+    """A user's representation."""
+    return orjson.dumps(
+        {
+            "user_id": row["user_id"],
+            "display_name": row["display_name"],
+            "status": row["status"],
+            "frozen_reason": row["frozen_reason"],
+            "frozen_at": timestamp(row["frozen_at"]),
+            "created_at": timestamp(row["created_at"]),
+        }
     )
 
-
-_USER_JSON = """json_build_object('user_id', u.user_id, 'display_name', u.display_name,
-                                  'status', u.status, 'frozen_reason', u.frozen_reason,
-                                  'frozen_at', wallet_ts(u.frozen_at), 'created_at', wallet_ts(u.created_at))"""
 
 _ENSURE_USER_SQL = f"""
         WITH created AS (
@@ -79,36 +87,36 @@ _ENSURE_USER_SQL = f"""
              WHERE user_id = $1 AND $3 AND display_name IS DISTINCT FROM $2 AND NOT EXISTS (SELECT 1 FROM created)
             RETURNING *
         )
-        SELECT true AS created, {_USER_JSON} AS body FROM created u
-        UNION ALL SELECT false, {_USER_JSON} FROM renamed u
-        UNION ALL SELECT false, {_USER_JSON} FROM users u
+        SELECT true AS created, {_USER_COLUMNS} FROM created u
+        UNION ALL SELECT false, {_USER_COLUMNS} FROM renamed u
+        UNION ALL SELECT false, {_USER_COLUMNS} FROM users u
          WHERE u.user_id = $1 AND NOT EXISTS (SELECT 1 FROM created) AND NOT EXISTS (SELECT 1 FROM renamed)
         """
 
 
 async def ensure_user(
     conn: asyncpg.Connection, user_id: str, display_name: str | None, rename: bool = False
-) -> tuple[bool, str]:
+) -> tuple[bool, bytes]:
     """Creates the user with one account per asset, or returns the existing one, its display name set to
     `display_name` (None clears it) when `rename`. (created, representation)."""
     for _ in range(3):
         row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name, rename)
         if row is not None:
-            return bool(row["created"]), str(row["body"])
+            return bool(row["created"]), _user(row)
         # A concurrent PUT committed the user after our statement's snapshot: its insert made ours a no-op,
         # and the snapshot cannot see it. The next statement can.
     raise AssertionError(f"user {user_id} neither created nor found")
 
 
-async def put_user(database: Database, user_id: str, display_name: str | None, rename: bool) -> tuple[bool, str]:
+async def put_user(database: Database, user_id: str, display_name: str | None, rename: bool) -> tuple[bool, bytes]:
     return await database.run(lambda conn: ensure_user(conn, user_id, display_name, rename))
 
 
-async def get_user(database: Database, user_id: str) -> str:
-    body = await database.fetchval(f"SELECT {_USER_JSON} FROM users u WHERE u.user_id = $1", user_id)
-    if body is None:
+async def get_user(database: Database, user_id: str) -> bytes:
+    row = await database.fetchrow(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.user_id = $1", user_id)
+    if row is None:
         raise UserNotFound(f"User {user_id} does not exist.")
-    return str(body)
+    return _user(row)
 
 
 # A freeze locks every account of the user (in id order, as postings do) and flags them with the user: a debit in
@@ -126,15 +134,15 @@ WITH locked AS (
      WHERE user_id = $1 AND (SELECT count(*) FROM locked) >= 0
     RETURNING *
 )
-SELECT {_USER_JSON} FROM changed u
+SELECT {_USER_COLUMNS} FROM changed u
 """
 
 
-async def set_frozen(database: Database, user_id: str, frozen: bool, reason: str | None) -> str:
-    body = await database.fetchval(_FREEZE_SQL, user_id, frozen, reason)
-    if body is None:
+async def set_frozen(database: Database, user_id: str, frozen: bool, reason: str | None) -> bytes:
+    row = await database.fetchrow(_FREEZE_SQL, user_id, frozen, reason)
+    if row is None:
         raise UserNotFound(f"User {user_id} does not exist.")
-    return str(body)
+    return _user(row)
 
 
 # Balances now: posted, held (holds past their expiry no longer count) and available; or, with an instant, the
