@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -188,6 +188,34 @@ async def create_user(client: httpx.AsyncClient, keys: Keys, prefix: str = "u", 
     return user_id
 
 
+def refund(
+    client: httpx.AsyncClient,
+    keys: Keys,
+    transaction_id: str,
+    body: Any,
+    key: str | None = None,
+    scope: str = "purchase",
+) -> Awaitable[httpx.Response]:
+    """POST /v1/transactions/{id}/refunds with a new key (or `key`), by default with a purchase-scope key."""
+    return post(client, keys, f"/v1/transactions/{transaction_id}/refunds", body, key or idem(), scope=scope)
+
+
+@contextlib.asynccontextmanager
+async def frozen(
+    client: httpx.AsyncClient, keys: Keys, user_id: str, reason: str = "Under review"
+) -> AsyncIterator[None]:
+    """The user frozen for the block (POST .../freeze), and unfrozen after it, whatever happened."""
+    response = await client.post(f"/v1/users/{user_id}/freeze", json={"reason": reason}, headers=keys.headers("admin"))
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["frozen_reason"]) == ("frozen", reason), response.text
+    try:
+        yield
+    finally:
+        response = await client.post(f"/v1/users/{user_id}/unfreeze", json={}, headers=keys.headers("admin"))
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "active", response.text
+
+
 # Servers and databases ---------------------------------------------------------------------------------------------
 
 
@@ -256,6 +284,12 @@ async def ledger_counts(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
     )
     assert row is not None
     return {name: int(value) for name, value in row.items()}
+
+
+async def user_balances(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
+    """Every balance of the user, by asset, as the database has it."""
+    rows = await db.fetch("SELECT asset, balance FROM accounts WHERE user_id = $1", user_id)
+    return {row["asset"]: int(row["balance"]) for row in rows}
 
 
 async def stored_keys(db: asyncpg.Connection, key: str) -> int:

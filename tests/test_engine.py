@@ -418,6 +418,31 @@ async def test_gathering_room_moves_it_between_stripes_and_changes_no_balance(db
         assert not await db.fetchval("SELECT wallet_stripe_gather($1, 5, $2)", treasury, 2**61 + 1)
 
 
+@pytest.mark.parametrize(("room", "amount"), [(40, 7), (65, 7), (100, 7), (64 * 7, 7), (7, 7), (1000, 999)])
+async def test_gathering_on_a_sink_leaves_the_stripe_the_room_it_gathered_for(
+    db: asyncpg.Connection, room: int, amount: int
+) -> None:
+    """Revenue (a sink, floored at 0) has only the room it received, spread over its stripes once gathered: for any
+    total that covers the amount, a gather leaves the gathering stripe at least the amount and no stripe below 0.
+    (0004's gather rounded the others' share to the nearest: with 40 for 7, the stripe kept 40 - 63 = -23.)"""
+    async with rolled_back(db):
+        asset = await private_asset(db)
+        user_id = await new_user(db)
+        await fund(db, user_id, room, asset)
+        row = await post(db, [(f"user:{user_id}", -room), ("system:revenue", room)], asset=asset, user_id=user_id)
+        assert row.code is None, row
+        revenue = await db.fetchval("SELECT id FROM accounts WHERE name = 'system:revenue' AND asset = $1", asset)
+        assert await db.fetchval("SELECT wallet_stripe_gather($1, 5, $2)", revenue, amount)
+        rooms = {
+            r["stripe"]: r["room"]
+            for r in await db.fetch("SELECT stripe, room FROM account_stripes WHERE account_id = $1", revenue)
+        }
+        assert rooms[5] >= amount, rooms
+        assert min(rooms.values()) >= 0, rooms
+        assert sum(rooms.values()) == room
+        assert not await db.fetchval("SELECT wallet_stripe_gather($1, 5, $2)", revenue, room + 1)
+
+
 async def test_issuance_stops_at_the_supply_limit_and_writes_nothing(db: asyncpg.Connection) -> None:
     """A private asset's treasury issues up to 2^61 and not one unit more: the posting that would pass it is
     refused with supply_limit_exceeded, whatever stripe it lands on, and the stripes have gathered their room."""

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from wallet.kinds import KINDS
+from wallet.kinds import KINDS, SYSTEM_ACCOUNTS
 
 AMOUNT_MAX = 10**15
 BALANCE_MAX = 10**18  # a user's balance in one asset (SQL: wallet_balance_max())
@@ -160,7 +160,9 @@ HOLD_EXPIRY_S_MAX = 2_592_000  # 30 days
 HOLD_EXPIRY_S_DEFAULT = 900
 ADJUSTMENT_ENTRIES_MIN = 2
 ADJUSTMENT_ENTRIES_MAX = 20
-ACCOUNT_PATTERN = r"^(user:[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}|system:[a-z_]{1,32})$"
+# A user's account, or one of the system accounts the seed opens in every asset: an adjustment naming any other
+# is a 422 that names the entry, not an engine error (WL901, a 500) on an account that does not exist.
+ACCOUNT_PATTERN = rf"^(user:[A-Za-z0-9][A-Za-z0-9_.:@-]{{0,63}}|system:({'|'.join(SYSTEM_ACCOUNTS)}))$"
 HOLD_ID_PATTERN = r"^hold_[0-7][0-9a-f]{15}$"
 TRANSACTION_ID_PATTERN = r"^tx_[0-7][0-9a-f]{15}$"
 
