@@ -10,11 +10,11 @@ from wallet.http.auth import require
 from wallet.http.documents import Hold, HoldPage, Transaction
 from wallet.http.openapi import responses
 from wallet.http.routes.movements import POSTING_CODES, with_link
-from wallet.http.routes.params import UserIdPath
+from wallet.http.routes.params import LimitQuery, UserIdPath
 from wallet.http.services import database
 from wallet.keys import ApiKey
 from wallet.ledger import Capture
-from wallet.models import HOLD_ID_PATTERN, PAGE_LIMIT_MAX, CaptureRequest, EmptyRequest, HoldRequest
+from wallet.models import HOLD_ID_PATTERN, PAGE_LIMIT_DEFAULT, CaptureRequest, EmptyRequest, HoldRequest
 
 router = APIRouter(tags=["holds"])
 JSON = "application/json"
@@ -111,7 +111,7 @@ async def list_for_user(
     request: Request,
     user_id: UserIdPath,
     status: Annotated[Literal["held", "captured", "voided", "expired"] | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
+    limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     cursor: Annotated[
         str | None, Query(pattern=HOLD_ID_PATTERN, description="`next_cursor` of the previous page.")
     ] = None,

@@ -7,11 +7,14 @@ from typing import Annotated
 from fastapi import Path, Query
 
 from wallet.errors import ValidationFailed
-from wallet.models import ASSET_PATTERN, USER_ID_PATTERN
+from wallet.models import ASSET_PATTERN, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX, USER_ID_PATTERN
 
 UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN, max_length=64, examples=["alice"])]
 AssetPath = Annotated[str, Path(pattern=ASSET_PATTERN, max_length=16, examples=["GOLD"])]
 AssetQuery = Annotated[str | None, Query(pattern=ASSET_PATTERN, max_length=16)]
+LimitQuery = Annotated[
+    int, Query(ge=1, le=PAGE_LIMIT_MAX, description=f"Items a page, at most (default {PAGE_LIMIT_DEFAULT}).")
+]
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 

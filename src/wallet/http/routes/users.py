@@ -11,9 +11,9 @@ from wallet.http import body, openapi
 from wallet.http.auth import require
 from wallet.http.documents import Balance, Balances, TransactionPage, User
 from wallet.http.openapi import responses
-from wallet.http.routes.params import AssetPath, AssetQuery, UserIdPath, as_of
+from wallet.http.routes.params import AssetPath, AssetQuery, LimitQuery, UserIdPath, as_of
 from wallet.http.services import database
-from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_MAX, EmptyRequest, FreezeRequest, UserRequest
+from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_DEFAULT, EmptyRequest, FreezeRequest, UserRequest
 
 router = APIRouter()
 JSON = "application/json"
@@ -138,7 +138,7 @@ async def get_history(
     request: Request,
     user_id: UserIdPath,
     asset: AssetQuery = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = 50,
+    limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     cursor: Annotated[
         str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page.")
     ] = None,
