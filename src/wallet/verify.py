@@ -36,9 +36,12 @@ VERIFY_CHECKS: dict[str, str] = {
     "every user balance equals its latest entry's balance_after": """
         SELECT a.name, a.asset, a.balance, last.balance_after
           FROM accounts a
-          CROSS JOIN LATERAL (SELECT balance_after FROM entries WHERE account_id = a.id AND stripe IS NULL
-                               ORDER BY transaction_id DESC LIMIT 1) last
-         WHERE a.kind = 'user' AND last.balance_after IS DISTINCT FROM a.balance""",
+          LEFT JOIN LATERAL (SELECT transaction_id, balance_after FROM entries
+                              WHERE account_id = a.id AND stripe IS NULL
+                              ORDER BY transaction_id DESC LIMIT 1) last ON true
+         WHERE a.kind = 'user'
+           AND (last.transaction_id IS NULL AND a.balance <> 0
+                OR last.transaction_id IS NOT NULL AND last.balance_after IS DISTINCT FROM a.balance)""",
     "every stripe's balance equals the sum of its entries and its latest entry's balance_after": """
         SELECT a.name, a.asset, s.stripe, s.balance, sums.total, last.balance_after
           FROM account_stripes s JOIN accounts a ON a.id = s.account_id
@@ -48,6 +51,14 @@ VERIFY_CHECKS: dict[str, str] = {
                               WHERE e.account_id = s.account_id AND e.stripe = s.stripe
                               ORDER BY e.transaction_id DESC LIMIT 1) last ON true
          WHERE s.balance <> coalesce(sums.total, 0) OR s.balance <> coalesce(last.balance_after, 0)""",
+    "every entry's balance_after is the running sum of its series (its user account's entries, or its stripe's)": """
+        SELECT wallet_public_id(r.transaction_id) AS transaction, r.leg, r.name, r.asset, r.stripe, r.balance_after,
+               r.running
+          FROM (SELECT e.transaction_id, e.leg, a.name, a.asset, e.stripe, e.balance_after,
+                       sum(e.amount) OVER (PARTITION BY e.account_id, CASE WHEN a.kind = 'system' THEN e.stripe END
+                                           ORDER BY e.transaction_id, e.leg) AS running
+                  FROM entries e JOIN accounts a ON a.id = e.account_id) r
+         WHERE r.balance_after IS DISTINCT FROM r.running""",
     "no user balance below 0, nor below what it holds": """
         SELECT name, asset, balance, held FROM accounts WHERE kind = 'user' AND (balance < 0 OR held > balance)""",
     "every system account is its stripes: all of them, rooms summing to its distance from its floor": """
@@ -56,7 +67,7 @@ VERIFY_CHECKS: dict[str, str] = {
           FROM accounts a LEFT JOIN account_stripes s ON s.account_id = a.id
          WHERE a.kind = 'system'
          GROUP BY a.id
-        HAVING a.balance <> 0 OR count(s.stripe) <> wallet_stripe_count()
+        HAVING a.balance <> 0 OR count(s.stripe) <> wallet_stripe_count() OR max(s.stripe) <> wallet_stripe_count() - 1
             OR sum(s.room) <> sum(s.balance) - a.balance_min OR sum(s.balance) < a.balance_min""",
     "every stripe belongs to a system account": """
         SELECT s.account_id, s.stripe FROM account_stripes s JOIN accounts a ON a.id = s.account_id
@@ -64,6 +75,10 @@ VERIFY_CHECKS: dict[str, str] = {
     "every entry belongs to a transaction": """
         SELECT e.transaction_id, e.leg FROM entries e LEFT JOIN transactions t ON t.id = e.transaction_id
          WHERE t.id IS NULL""",
+    "every entry is on an account": """
+        SELECT wallet_public_id(e.transaction_id) AS transaction, e.leg, e.account_id
+          FROM entries e LEFT JOIN accounts a ON a.id = e.account_id
+         WHERE a.id IS NULL""",
     "every account's held equals the sum of its holds still held": """
         SELECT a.name, a.asset, a.held, coalesce(h.total, 0) AS holds
           FROM accounts a
@@ -88,13 +103,13 @@ VERIFY_CHECKS: dict[str, str] = {
             OR r.refund_of IS NOT NULL AND (o.id IS NULL OR o.type NOT IN ('purchase', 'topup', 'bonus')
                                             OR o.user_id <> r.user_id OR o.asset <> r.asset)""",
     "refunds never add up to more than their original, and the count of what is refunded is their sum": """
-        SELECT wallet_public_id(o.id) AS original, o.amount, c.amount AS counted, r.total AS refunded
-          FROM transactions o
-          LEFT JOIN refunded c ON c.transaction_id = o.id
-          LEFT JOIN (SELECT refund_of, sum(amount) AS total FROM transactions WHERE refund_of IS NOT NULL
-                      GROUP BY refund_of) r ON r.refund_of = o.id
-         WHERE (c.transaction_id IS NOT NULL OR r.refund_of IS NOT NULL)
-           AND (coalesce(c.amount, 0) <> coalesce(r.total, 0) OR coalesce(r.total, 0) > o.amount)""",
+        SELECT wallet_public_id(coalesce(c.transaction_id, r.refund_of)) AS original, o.amount, c.amount AS counted,
+               r.total AS refunded
+          FROM refunded c
+          FULL JOIN (SELECT refund_of, sum(amount) AS total FROM transactions WHERE refund_of IS NOT NULL
+                      GROUP BY refund_of) r ON r.refund_of = c.transaction_id
+          LEFT JOIN transactions o ON o.id = coalesce(c.transaction_id, r.refund_of)
+         WHERE coalesce(c.amount, 0) <> coalesce(r.total, 0) OR o.id IS NULL OR r.total > o.amount""",
     "every refund reverses its original's legs, never more of a leg than it had": """
         SELECT wallet_public_id(o.id) AS original, a.name, a.asset, e.amount, coalesce(sum(x.amount), 0) AS reversed
           FROM transactions o JOIN entries e ON e.transaction_id = o.id JOIN accounts a ON a.id = e.account_id
@@ -102,7 +117,13 @@ VERIFY_CHECKS: dict[str, str] = {
           LEFT JOIN entries x ON x.transaction_id = r.id AND x.account_id = e.account_id
          WHERE EXISTS (SELECT FROM transactions r2 WHERE r2.refund_of = o.id)
          GROUP BY o.id, e.leg, a.name, a.asset, e.amount
-        HAVING sign(coalesce(sum(x.amount), 0)) = sign(e.amount) OR abs(coalesce(sum(x.amount), 0)) > abs(e.amount)""",
+        HAVING sign(coalesce(sum(x.amount), 0)) = sign(e.amount) OR abs(coalesce(sum(x.amount), 0)) > abs(e.amount)
+         UNION ALL  -- a refund's leg on an account its original has no leg on
+        SELECT wallet_public_id(r.refund_of), a.name, a.asset, NULL, x.amount
+          FROM transactions r JOIN entries x ON x.transaction_id = r.id JOIN accounts a ON a.id = x.account_id
+         WHERE r.refund_of IS NOT NULL
+           AND NOT EXISTS (SELECT FROM entries e
+                            WHERE e.transaction_id = r.refund_of AND e.account_id = x.account_id)""",
     "every account of a frozen user is flagged frozen, and no other": """
         SELECT a.name, a.asset, a.frozen, u.status FROM accounts a LEFT JOIN users u ON u.user_id = a.user_id
          WHERE a.frozen <> coalesce(u.status = 'frozen', false)""",

@@ -776,37 +776,49 @@ BEGIN
 END
 $$;
 
--- The last entry at or before p_before (or after p_after) of one series of balances: a user account's entries
--- (p_stripe NULL), or one stripe's of a system account. Each branch reads its own index.
+-- The last entry at or before p_before (and after p_after) of one series of balances: a user account's entries
+-- (p_stripe NULL), or one stripe's of a system account. Each branch reads its own index (entries_by_account,
+-- entries_by_stripe), newest first, one index entry and one transaction: O(log n).
+--
+-- The account and the stripe are matched with `= ANY` of a one-element array, and stay in the sort key: an equality
+-- to a plain value would let the planner drop them from it, and then the primary key of entries (transaction_id,
+-- leg) gives the order too, walked from p_before with the account as a filter. The planner costs that walk as a few
+-- rows; it is every entry of the ledger on the way to the account's, all of them for an account with none (as of
+-- the middle of 20,000 transactions, 2,100 buffers to read three balances instead of about 150, 55,000 and 160 ms
+-- for one system account). Only the series' own index gives this order.
 CREATE FUNCTION wallet_series_entry(p_account_id bigint, p_stripe smallint, p_before bigint, p_after bigint)
 RETURNS TABLE (transaction_id bigint, balance_after bigint, created_at timestamptz)
 LANGUAGE sql STABLE AS $$
-    (SELECT e.transaction_id, e.balance_after, t.created_at
-       FROM entries e JOIN transactions t ON t.id = e.transaction_id
-      WHERE p_stripe IS NULL AND e.account_id = p_account_id AND e.stripe IS NULL
-        AND e.transaction_id <= coalesce(p_before, 9223372036854775807) AND e.transaction_id > coalesce(p_after, 0)
-      ORDER BY e.transaction_id DESC LIMIT 1)
-    UNION ALL
-    (SELECT e.transaction_id, e.balance_after, t.created_at
-       FROM entries e JOIN transactions t ON t.id = e.transaction_id
-      WHERE p_stripe IS NOT NULL AND e.account_id = p_account_id AND e.stripe = p_stripe
-        AND e.transaction_id <= coalesce(p_before, 9223372036854775807) AND e.transaction_id > coalesce(p_after, 0)
-      ORDER BY e.transaction_id DESC LIMIT 1)
+    SELECT e.transaction_id, e.balance_after, t.created_at
+      FROM ((SELECT x.transaction_id, x.balance_after FROM entries x
+              WHERE p_stripe IS NULL AND x.account_id = ANY (ARRAY[p_account_id]) AND x.stripe IS NULL
+                AND x.transaction_id <= coalesce(p_before, 9223372036854775807)
+                AND x.transaction_id > coalesce(p_after, 0)
+              ORDER BY x.account_id, x.transaction_id DESC LIMIT 1)
+            UNION ALL
+            (SELECT x.transaction_id, x.balance_after FROM entries x
+              WHERE p_stripe IS NOT NULL AND x.account_id = ANY (ARRAY[p_account_id]) AND x.stripe IS NOT NULL
+                AND x.stripe = ANY (ARRAY[p_stripe]) AND x.transaction_id <= coalesce(p_before, 9223372036854775807)
+                AND x.transaction_id > coalesce(p_after, 0)
+              ORDER BY x.account_id, x.stripe, x.transaction_id DESC LIMIT 1)) e
+      JOIN transactions t ON t.id = e.transaction_id
 $$;
 
--- The first entry after p_after of one series (see wallet_series_entry()).
+-- The first entry after p_after of one series (see wallet_series_entry(): the same indexes, read oldest first).
 CREATE FUNCTION wallet_series_next(p_account_id bigint, p_stripe smallint, p_after bigint)
 RETURNS TABLE (transaction_id bigint, balance_after bigint, created_at timestamptz)
 LANGUAGE sql STABLE AS $$
-    (SELECT e.transaction_id, e.balance_after, t.created_at
-       FROM entries e JOIN transactions t ON t.id = e.transaction_id
-      WHERE p_stripe IS NULL AND e.account_id = p_account_id AND e.stripe IS NULL AND e.transaction_id > p_after
-      ORDER BY e.transaction_id LIMIT 1)
-    UNION ALL
-    (SELECT e.transaction_id, e.balance_after, t.created_at
-       FROM entries e JOIN transactions t ON t.id = e.transaction_id
-      WHERE p_stripe IS NOT NULL AND e.account_id = p_account_id AND e.stripe = p_stripe AND e.transaction_id > p_after
-      ORDER BY e.transaction_id LIMIT 1)
+    SELECT e.transaction_id, e.balance_after, t.created_at
+      FROM ((SELECT x.transaction_id, x.balance_after FROM entries x
+              WHERE p_stripe IS NULL AND x.account_id = ANY (ARRAY[p_account_id]) AND x.stripe IS NULL
+                AND x.transaction_id > p_after
+              ORDER BY x.account_id DESC, x.transaction_id LIMIT 1)
+            UNION ALL
+            (SELECT x.transaction_id, x.balance_after FROM entries x
+              WHERE p_stripe IS NOT NULL AND x.account_id = ANY (ARRAY[p_account_id]) AND x.stripe IS NOT NULL
+                AND x.stripe = ANY (ARRAY[p_stripe]) AND x.transaction_id > p_after
+              ORDER BY x.account_id DESC, x.stripe DESC, x.transaction_id LIMIT 1)) e
+      JOIN transactions t ON t.id = e.transaction_id
 $$;
 
 -- An account's balance as it was at p_at: the balance after its last entry at or before then, in O(log n). On one
