@@ -1,9 +1,9 @@
 """python -m bench: the wallet service under load, on a database of its own.
 
 Creates a bench database, starts `wallet serve`, makes 100,000 users in SQL, funds some through the posting
-engine, then measures: the database-only limit (pgbench running the service's exact statement), top-ups,
-purchases, a read/write mix, one hot user, and batches when the service has them. Ends with `wallet verify`.
-See docs/benchmarks.md.
+engine, then measures: the database-only figures (pgbench running the service's exact statements, and the floor,
+the least durable work a transfer can be, in both protocols), top-ups, purchases, a read/write mix, one hot user,
+and batches when the service has them. Ends with `wallet verify`. See docs/benchmarks.md.
 """
 
 import argparse
@@ -11,31 +11,32 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from bench import data
-from bench.load import LoadResult, Monitor, py_spy, run_pgbench, run_wrk, start_profile, summarise_profile
+from bench import data, pgbench
+from bench.load import (
+    LoadResult,
+    Monitor,
+    py_spy,
+    run_pgbench,
+    run_wrk,
+    start_profile,
+    summarise_profile,
+)
 from bench.report import machine, save, table
 from bench.target import Target, WalletServer, bench_database, running_server
 
+# --only names, in the order they run. pgbench: every database-only scenario (the engine's and the floor's).
 SCENARIOS = ("pgbench", "topup", "purchase", "mix", "hot", "batch")
-
-
-def pgbench_script(key_id: int, prefix: str) -> str:
-    """One top-up as the service runs it: SELECT * FROM wallet_request(...), random user, unique key."""
-    call = data.wallet_request_sql(
-        "topup",
-        key_id=str(key_id),
-        key_name=f"'{data.BENCH_KEY_NAME}'",
-        key=f"'pg-{prefix}-' || :client_id::text || '-' || :k::text",
-        user=f"'{data.USER_PREFIX}' || :uid::text",
-        asset="'GOLD'",
-        amount=":amount",
-    )
-    return (
-        "\\set uid random(1, :users)\n\\set amount random(1, 1000)\n\\set k random(1, 1000000000000000)\n"
-        f"SELECT * FROM {' '.join(call.split())};\n"
-    )
+FLOOR = pgbench.floor_name("prepared")  # what HTTP scenarios are compared with: asyncpg uses the prepared protocol
+FLOOR_PER_COMMIT = pgbench.floor_name("prepared", per_commit=True)
+LEGEND = (
+    "vs floor: pgbench engine scenarios over the floor of the same protocol (batches in transfers/s over the"
+    f" floor's {pgbench.PER_COMMIT} per commit); HTTP scenarios over the -M prepared floor ({FLOOR}: asyncpg"
+    f" prepares its statements), the HTTP batch in transfers/s over {FLOOR_PER_COMMIT}"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +99,13 @@ class Bench:
         }
 
     def wrk(
-        self, scenario: str, script: str, expected: tuple[str, ...] = (), connections: int = 0, **env: str
+        self,
+        scenario: str,
+        script: str,
+        expected: tuple[str, ...] = (),
+        connections: int = 0,
+        floor: str = FLOOR,
+        **env: str,
     ) -> LoadResult:
         connections = connections or self.args.connections
         step(f"{scenario}: {connections} connections, {self.args.duration} s")
@@ -113,6 +120,7 @@ class Bench:
                 self.env(**env),
             )
         result.rss_mb, result.cpu, result.expected = monitor.rss_mb, monitor.cpu_cores(), expected
+        result.floor = floor
         if result.unexpected() or result.socket_errors:
             self.problems.append(f"{scenario}: unexpected responses {result.unexpected()} {result.socket_errors}")
         self.results.append(result)
@@ -128,32 +136,60 @@ class Bench:
         print(f"   done in {time.monotonic() - started:.1f} s")
         return key_id
 
-    def pgbench(self, key_id: int) -> None:
-        script = pgbench_script(key_id, self.prefix).replace(":users", str(self.args.users))
-        for clients in (16, 64):
-            step(f"pgbench -c {clients} -j 2 -T {self.args.duration} -M prepared (the service's top-up statement)")
-            for attempt in range(3):  # a shared server may be short of connections for a moment
-                try:
-                    with Monitor([], self.target.database) as monitor:
-                        result = run_pgbench(self.target.url, script, clients, self.args.duration)
-                except RuntimeError as exc:
-                    if "too many clients" not in str(exc) or attempt == 2:
-                        self.problems.append(f"pgbench -c {clients}: " + str(exc).splitlines()[-1])
-                        break
-                    print("   the server has too few free connections; again in 10 s")
-                    time.sleep(10)
-                    continue
-                result.cpu = monitor.cpu_cores()
-                self.results.append(result)
-                break
+    @contextmanager
+    def server_stopped(self) -> Iterator[None]:
+        """The service stopped meanwhile: pgbench -c 64 needs 64 of the server's 100 connections, which other test
+        suites share, while the service holds 2 x 16 from its start (its pool is warmed); and nothing but pgbench
+        should use the two cores while it measures."""
+        self.server.stop()
+        try:
+            yield
+        finally:
+            step("wallet serve again")
+            self.server.start()
+
+    def database_only(self, key_id: int) -> None:
         with self.target.connect() as conn:
-            row = conn.execute(
-                "SELECT count(transaction_id), count(*) FROM idempotency_keys WHERE key LIKE %s",
-                (f"pg-{self.prefix}-%",),
-            ).fetchone()
-        assert row is not None
-        if row[0] != row[1] or row[1] < sum(r.requests for r in self.results if r.scenario.startswith("pgbench")):
-            self.problems.append(f"pgbench: {row[0]} of {row[1]} top-ups posted")
+            pgbench.create_floor(conn, self.args.users)
+        for scenario in pgbench.scenarios(key_id, self.prefix, self.args.users):
+            step(
+                f"{scenario.name}: -j 2 -T {self.args.duration} -M {scenario.protocol}"
+                + (f", {scenario.transfers} transfers per transaction" if scenario.transfers > 1 else "")
+            )
+            result = self.run_pgbench(scenario)
+            if result is None:
+                continue
+            with self.target.connect() as conn:
+                problem = pgbench.check(conn, scenario, result.requests)
+            if problem:
+                self.problems.append(f"{scenario.name}: {problem}")
+
+    def run_pgbench(self, scenario: pgbench.Scenario) -> LoadResult | None:
+        for attempt in range(3):  # a shared server may be short of connections for a moment
+            try:
+                with Monitor([], self.target.database) as monitor:
+                    result = run_pgbench(
+                        scenario.name,
+                        self.target.url,
+                        scenario.script,
+                        scenario.clients,
+                        self.args.duration,
+                        scenario.protocol,
+                        scenario.transfers,
+                    )
+            except RuntimeError as exc:
+                if "too many clients" not in str(exc) or attempt == 2:
+                    self.problems.append(f"{scenario.name}: " + str(exc).strip().splitlines()[-1])
+                    return None
+                print("   the server has too few free connections; again in 10 s")
+                time.sleep(10)
+                continue
+            result.cpu, result.floor = monitor.cpu_cores(), scenario.floor
+            if result.statuses:  # pgbench's failed transactions
+                self.problems.append(f"{scenario.name}: {result.statuses}")
+            self.results.append(result)
+            return result
+        return None
 
     def hot_user(self, key_id: int) -> None:
         purchases = next((r for r in self.results if r.scenario == "purchase"), None)
@@ -196,9 +232,11 @@ class Bench:
             f"batch of {self.args.batch_size} top-ups, {self.args.batch_connections} conn",
             "batch",
             connections=self.args.batch_connections,
+            floor=FLOOR_PER_COMMIT,
             BENCH_BATCH_SIZE=str(self.args.batch_size),
         )
-        result.note = f"{result.items / result.duration_s:,.0f} transfers/s ({result.items:,} operations answered 201)"
+        result.transfers_per_s = result.items / result.duration_s
+        result.note = f"{result.transfers_per_s:,.0f} transfers/s ({result.items:,} operations answered 201)"
 
     def profile(self) -> None:
         if py_spy() is None:
@@ -221,7 +259,8 @@ class Bench:
         key_id = self.setup()
         only = self.args.only
         if "pgbench" in only:
-            self.pgbench(key_id)
+            with self.server_stopped():
+                self.database_only(key_id)
         if "topup" in only:
             self.wrk("topup", "topup")
         if "purchase" in only:
@@ -234,6 +273,33 @@ class Bench:
             self.batch()
         if self.args.profile:
             self.profile()
+
+
+def floor_ratios(results: list[LoadResult]) -> list[str]:
+    """The engine over the floor, per protocol, at the floor's clients: the top-up statement and the batch; and
+    HTTP top-ups, which the table compares with the prepared floor, over the simple one as well."""
+    rates = {result.scenario: result.transfer_rate() for result in results}
+    pairs = (
+        ("the top-up statement over the floor", pgbench.topup_name, False),
+        (
+            f"the batch of {pgbench.PER_COMMIT} over the floor's {pgbench.PER_COMMIT} per commit (transfers/s)",
+            pgbench.batch_name,
+            True,
+        ),
+    )
+    lines = []
+    for what, engine_name, per_commit in pairs:
+        found = []
+        for protocol in pgbench.PROTOCOLS:
+            mine, floor = rates.get(engine_name(protocol)), rates.get(pgbench.floor_name(protocol, per_commit))
+            if mine and floor:
+                found.append(f"-M {protocol} {mine / floor:.2f} ({mine:,.0f}/s over {floor:,.0f}/s)")
+        if found:
+            lines.append(f"engine/floor at {pgbench.CLIENTS} clients, {what}: " + "; ".join(found))
+    simple = rates.get(pgbench.floor_name("simple"))
+    if "topup" in rates and simple:
+        lines.append(f"topup (HTTP) over the -M simple floor: {rates['topup'] / simple:.2f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         print(verify.stdout + verify.stderr + f"   (wallet verify took {time.monotonic() - started:.0f} s)")
         if verify.returncode != 0:
             bench.problems.append("wallet verify failed")
-    limits = [r for r in bench.results if r.scenario.startswith("pgbench")]
-    limit = max(limits, key=lambda r: r.rps) if limits else None
-    print(table(bench.results, limit))
+    print(table(bench.results, LEGEND))
+    for line in floor_ratios(bench.results):
+        print(line)
     if bench.profile_summary:
         print("\nprofile of one worker during top-ups (py-spy):\n" + "\n".join(bench.profile_summary))
     record = {

@@ -33,6 +33,8 @@ class LoadResult:
     codes: dict[str, int] = field(default_factory=dict)  # error responses by "status problem-code"
     socket_errors: dict[str, int] = field(default_factory=dict)
     items: int = 0  # batch: operations answered 201
+    transfers_per_s: float = 0.0  # when a request moves several (batches): their rate; else the request rate
+    floor: str = ""  # the scenario it is compared with in the table ("vs floor"), by name
     duration_s: float = 0.0
     rss_mb: dict[int, float] = field(default_factory=dict)  # worker pid -> peak RSS during the scenario
     cpu: dict[str, float] = field(default_factory=dict)  # cores used: workers, postgres, load, machine
@@ -41,6 +43,9 @@ class LoadResult:
 
     def unexpected(self) -> dict[str, int]:
         return {s: n for s, n in self.statuses.items() if not s.startswith("2") and s not in self.expected}
+
+    def transfer_rate(self) -> float:
+        return self.transfers_per_s or self.rps
 
 
 def run_wrk(
@@ -93,15 +98,25 @@ def pgbench_binary(database_url: str) -> str:
     return str(shipped[-1])
 
 
-def run_pgbench(database_url: str, script: str, clients: int, duration_s: int, threads: int = 2) -> LoadResult:
-    """pgbench -M prepared with a custom script, on the bench database (no pgbench tables, no vacuum)."""
+def run_pgbench(
+    scenario: str,
+    database_url: str,
+    script: str,
+    clients: int,
+    duration_s: int,
+    protocol: str = "prepared",
+    transfers: int = 1,
+    threads: int = 2,
+) -> LoadResult:
+    """pgbench -M `protocol` with a custom script, on the bench database (no pgbench tables, no vacuum). A script
+    transaction that moves `transfers` counts for that many: transfers/s = transfers x tps."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="wallet-bench-") as script_file:
         script_file.write(script)
         script_file.flush()
         command = [
             pgbench_binary(database_url),
             "--no-vacuum",
-            "--protocol=prepared",
+            f"--protocol={protocol}",
             f"--client={clients}",
             f"--jobs={threads}",
             f"--time={duration_s}",
@@ -116,13 +131,16 @@ def run_pgbench(database_url: str, script: str, clients: int, duration_s: int, t
     latency = re.search(r"latency average = ([\d.]+) ms", done.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
     processed = re.search(r"number of transactions actually processed: (\d+)", done.stdout)
+    rate = float(tps.group(1))
     return LoadResult(
-        scenario=f"pgbench top-up -c {clients}",
-        rps=float(tps.group(1)),
+        scenario=scenario,
+        rps=rate,
         requests=int(processed.group(1)) if processed else 0,
         statuses={"failed": int(failed.group(1))} if failed and int(failed.group(1)) else {},
+        transfers_per_s=rate * transfers if transfers > 1 else 0.0,
         duration_s=duration_s,
-        note=f"latency avg {latency.group(1)} ms" if latency else "",
+        note=(f"{rate * transfers:,.0f} transfers/s; " if transfers > 1 else "")
+        + (f"latency avg {latency.group(1)} ms" if latency else ""),
     )
 
 
