@@ -2,8 +2,9 @@
 
 Creates a bench database, starts `wallet serve`, makes 100,000 users in SQL, funds some through the posting
 engine, then measures: the database-only figures (pgbench running the service's exact statements, and the floor,
-the least durable work a transfer can be, in both protocols), top-ups, purchases, a read/write mix, one hot user,
-and batches when the service has them. Ends with `wallet verify`. See docs/benchmarks.md.
+the least durable work a transfer can be, in both protocols), top-ups (closed loop at N, 1 and 8 connections, and
+an open loop at a constant rate), purchases, a read/write mix, one hot user, and batches when the service has
+them. Ends with `wallet verify`. See docs/benchmarks.md.
 """
 
 import argparse
@@ -14,12 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench import data, pgbench
 from bench.load import (
     LoadResult,
     Monitor,
     py_spy,
+    run_openloop,
     run_pgbench,
     run_wrk,
     start_profile,
@@ -28,8 +31,11 @@ from bench.load import (
 from bench.report import machine, save, table
 from bench.target import Target, WalletServer, bench_database, running_server
 
-# --only names, in the order they run. pgbench: every database-only scenario (the engine's and the floor's).
-SCENARIOS = ("pgbench", "topup", "purchase", "mix", "hot", "batch")
+# --only names, in the order they run. pgbench: every database-only scenario (the engine's and the floor's);
+# topup: top-ups at --connections, then at 1 and 8 (low load); openloop: top-ups at a constant rate.
+SCENARIOS = ("pgbench", "topup", "openloop", "purchase", "mix", "hot", "batch")
+LOW_LOAD_CONNECTIONS = (1, 8)  # the issue: group commit must not cost latency at low load (1, 8 and 64)
+OPEN_LOOP_WARMUP_S = 2
 FLOOR = pgbench.floor_name("prepared")  # what HTTP scenarios are compared with: asyncpg uses the prepared protocol
 FLOOR_PER_COMMIT = pgbench.floor_name("prepared", per_commit=True)
 LEGEND = (
@@ -57,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-connections", type=int, default=16, help="connections of the batch scenario (default 16)"
     )
     parser.add_argument("--batch-size", type=int, default=100, help="operations per batch request (default 100)")
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="requests/s of the open loop (default: half the closed-loop top-up rate of the same run)",
+    )
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument(
         "--profile",
@@ -71,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = args.only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if "openloop" in args.only and "topup" not in args.only and args.open_rate <= 0:
+        parser.error("openloop runs at half the closed-loop top-up rate: add topup to --only, or give --open-rate")
     return args
 
 
@@ -191,6 +205,39 @@ class Bench:
             return result
         return None
 
+    def open_loop(self) -> None:
+        closed = next((r for r in self.results if r.scenario == "topup"), None)
+        rate = self.args.open_rate or (closed.rps / 2 if closed else 0.0)
+        if rate <= 0:
+            self.problems.append("topup open loop: no closed-loop top-up rate to take half of")
+            return
+        connections = self.args.connections
+        step(
+            f"topup open loop: {rate:,.0f}/s, {connections} connections, {OPEN_LOOP_WARMUP_S} s warm-up, then"
+            f" {self.args.duration} s"
+        )
+        url = urlsplit(self.server.base_url)
+        assert url.hostname is not None
+        assert url.port is not None
+        with Monitor(self.server.worker_processes(), self.target.database) as monitor:
+            result = run_openloop(
+                "topup open loop",
+                url.hostname,
+                url.port,
+                "/v1/topups",
+                rate,
+                self.args.duration,
+                connections,
+                OPEN_LOOP_WARMUP_S,
+                self.env(),
+            )
+        result.rss_mb, result.cpu = monitor.rss_mb, monitor.cpu_cores()
+        if not self.args.open_rate:
+            result.note = "half the closed-loop top-up rate, " + result.note
+        if result.unexpected() or result.socket_errors:
+            self.problems.append(f"topup open loop: unexpected responses {result.unexpected()} {result.socket_errors}")
+        self.results.append(result)
+
     def hot_user(self, key_id: int) -> None:
         purchases = next((r for r in self.results if r.scenario == "purchase"), None)
         # By default a quarter of what scenario (b)'s rate would buy in --duration: one row serializes the
@@ -263,6 +310,11 @@ class Bench:
                 self.database_only(key_id)
         if "topup" in only:
             self.wrk("topup", "topup")
+        if "openloop" in only:
+            self.open_loop()
+        if "topup" in only:
+            for connections in LOW_LOAD_CONNECTIONS:
+                self.wrk(f"topup {connections} conn", "topup", connections=connections)
         if "purchase" in only:
             self.wrk("purchase", "purchase", ("409",))
         if "mix" in only:

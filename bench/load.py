@@ -1,4 +1,5 @@
-"""Load generators and measurements: wrk with the Lua scenarios, pgbench, worker RSS, py-spy."""
+"""Load generators and measurements: wrk with the Lua scenarios, pgbench, the open-loop generator (bench/openloop.c,
+built on first use), worker RSS, py-spy."""
 
 import json
 import os
@@ -16,7 +17,10 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extra
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
+OPENLOOP_SOURCE = Path(__file__).resolve().parent / "openloop.c"
+BUILD_DIR = Path(__file__).resolve().parent / ".build"  # git-ignored (bench/.gitignore)
 RESULT_MARKER = "BENCH_RESULT "
+DRAIN_TIMEOUT_S = 10  # openloop.c's DRAIN_TIMEOUT_NS: how long it waits for the last answers
 
 
 @dataclass
@@ -144,9 +148,82 @@ def run_pgbench(
     )
 
 
+def openloop_binary() -> Path:
+    """bench/openloop.c, compiled with the machine's C compiler on first use and again whenever the source is
+    newer than the binary."""
+    binary = BUILD_DIR / "openloop"
+    if binary.exists() and binary.stat().st_mtime >= OPENLOOP_SOURCE.stat().st_mtime:
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (cc, gcc) to build bench/openloop.c: apt-get install -y gcc")
+    BUILD_DIR.mkdir(exist_ok=True)
+    partial = BUILD_DIR / f"openloop.{os.getpid()}"  # then renamed: a bench running beside sees a whole binary
+    command = [compiler, "-O2", "-Wall", "-o", str(partial), str(OPENLOOP_SOURCE)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"building bench/openloop.c failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    partial.replace(binary)
+    return binary
+
+
+def run_openloop(
+    scenario: str,
+    host: str,
+    port: int,
+    path: str,
+    rate_per_s: float,
+    duration_s: int,
+    connections: int,
+    warmup_s: int,
+    env: dict[str, str],
+) -> LoadResult:
+    """POSTs of top-ups at a constant rate (bench/openloop.c): `warmup_s` seconds unmeasured, then `duration_s`
+    measured, on the same connections, each latency counted from the time the request was due."""
+    command = [
+        str(openloop_binary()),
+        host,
+        str(port),
+        path,
+        f"{rate_per_s:.1f}",
+        str(duration_s),
+        str(connections),
+        env["BENCH_API_KEY"],
+        env["BENCH_USERS"],
+        env["BENCH_PREFIX"],
+        str(warmup_s),
+    ]
+    timeout_s = warmup_s + duration_s + DRAIN_TIMEOUT_S + 60
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"openloop failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    data = json.loads(found[-1][len(RESULT_MARKER) :])
+    duration = data["duration_us"] / 1e6
+    errors = {"lost": data["errors"], "warm-up non-2xx": data["warmup_failures"]}
+    return LoadResult(
+        scenario=scenario,
+        rps=data["requests"] / duration if duration else 0.0,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        requests=data["requests"],
+        statuses=data["statuses"],
+        socket_errors={k: v for k, v in errors.items() if v},
+        duration_s=duration,
+        note=(
+            f"{rate_per_s:,.0f}/s due, {connections} connections, {warmup_s} s warm-up unmeasured; latency from each"
+            f" request's due time: p90 {data['p90_us'] / 1000:.1f} ms, p999 {data['p999_us'] / 1000:.1f} ms;"
+            f" late starts (no free connection for over 1 ms) {data['late_starts']:,} of {data['planned']:,}"
+        ),
+    )
+
+
 class Monitor:
     """Samples, while a scenario runs: the peak RSS of each worker, and the CPU used by the workers, by the bench
-    database's PostgreSQL backends, by wrk and pgbench, and by the whole machine (in cores: 1.0 = one core busy)."""
+    database's PostgreSQL backends, by wrk, pgbench and openloop, and by the whole machine (in cores: 1.0 = one core
+    busy)."""
 
     def __init__(self, workers: list[psutil.Process], database: str, interval_s: float = 0.25) -> None:
         self.workers = workers
@@ -166,7 +243,7 @@ class Monitor:
             return None
         if cmdline.startswith("postgres:") and f" {self.database} " in cmdline:
             return "postgres"
-        if process.name() in ("wrk", "pgbench"):
+        if process.name() in ("wrk", "pgbench", "openloop"):
             return "load"
         return None
 
