@@ -235,12 +235,10 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _group(self, process: psutil.Process) -> str | None:
+        """Raises psutil.Error when the process is gone meanwhile."""
         if process.pid in {w.pid for w in self.workers}:
             return "workers"
-        try:
-            cmdline = " ".join(process.cmdline())
-        except psutil.Error:
-            return None
+        cmdline = " ".join(process.cmdline())
         if cmdline.startswith("postgres:") and f" {self.database} " in cmdline:
             return "postgres"
         if process.name() in ("wrk", "pgbench", "openloop"):
@@ -250,10 +248,13 @@ class Monitor:
     def _sample(self) -> None:
         for process in psutil.process_iter():
             known = self._cpu.get(process.pid)
-            group = known[0] if known else self._group(process)
-            if group is None:
-                continue
+            # Any process may end between the listing and our look at it (the machine's other work's too): skip it.
+            # Unhandled, it killed the sampling thread (the scenario's CPU figures then miss what followed), and in
+            # the last sample it would fail the scenario.
             try:
+                group = known[0] if known else self._group(process)
+                if group is None:
+                    continue
                 times = process.cpu_times()
                 if group == "workers":
                     mb = process.memory_info().rss / 2**20
