@@ -19,7 +19,7 @@ import psycopg
 
 from bench import data
 from bench.load import LoadResult, Monitor, run_wrk
-from bench.report import machine, save, table
+from bench.report import machine, save, server_settings, table
 from bench.target import Target, bench_database, running_server
 
 WHALE = "u1"
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if seeded.returncode != 0:
             raise RuntimeError(f"wallet seed failed:\n{seeded.stdout}{seeded.stderr}")
         with target.connect() as conn:
+            server = server_settings(conn)
+            print("   server: " + ", ".join(f"{k} {v}" for k, v in server.items()))
             started = time.monotonic()
             data.create_users(conn, args.users)
             print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("wallet verify failed")
     record = {
         "machine": info,
+        "server": server,
         "args": vars(args),
         "generate_seconds": round(seconds, 1),
         "whale_gold_entries": whale_entries,

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extra
+import psycopg
 
 from bench.load import LoadResult
 
@@ -41,6 +42,19 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "load average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
+
+
+SERVER_SETTINGS = ("server_version", "autovacuum", "synchronous_commit", "shared_buffers", "max_connections")
+
+
+def server_settings(conn: psycopg.Connection) -> dict[str, str]:
+    """The PostgreSQL settings that move the figures most, as the bench database sees them."""
+    settings = {}
+    for name in SERVER_SETTINGS:
+        row = conn.execute(f"SHOW {name}").fetchone()
+        assert row is not None
+        settings[name] = str(row[0])
+    return settings
 
 
 def _ms(value: float | None) -> str:
