@@ -372,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     with bench_database(args.embedded, args.keep) as target:
         step(f"bench database: {target.description}")
         with target.connect() as conn:
-            server = server_settings(conn)
-        print("   server: " + ", ".join(f"{k} {v}" for k, v in server.items()))
+            settings = server_settings(conn)
+        print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
         with running_server(target, args.workers) as server:
             print(f"   wallet serve on {server.base_url}, workers {[p.pid for p in server.worker_processes()]}")
             bench = Bench(args, target, server)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nprofile of one worker during top-ups (py-spy):\n" + "\n".join(bench.profile_summary))
     record = {
         "machine": info,
-        "server": server,
+        "server": settings,
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},
         "verify": verify.stdout,
         "problems": bench.problems,

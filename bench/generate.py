@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if seeded.returncode != 0:
             raise RuntimeError(f"wallet seed failed:\n{seeded.stdout}{seeded.stderr}")
         with target.connect() as conn:
-            server = server_settings(conn)
-            print("   server: " + ", ".join(f"{k} {v}" for k, v in server.items()))
+            settings = server_settings(conn)
+            print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
             started = time.monotonic()
             data.create_users(conn, args.users)
             print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("wallet verify failed")
     record = {
         "machine": info,
-        "server": server,
+        "server": settings,
         "args": vars(args),
         "generate_seconds": round(seconds, 1),
         "whale_gold_entries": whale_entries,
