@@ -1,9 +1,10 @@
 """python -m bench: the wallet service under load, on a database of its own.
 
 Creates a bench database, starts `wallet serve`, makes 100,000 users in SQL, funds some through the posting
-engine, then measures: the database-only limit (pgbench running the service's exact statement), top-ups,
-purchases, a read/write mix, one hot user, and batches when the service has them. Ends with `wallet verify`.
-See docs/benchmarks.md.
+engine, then measures: the database-only figures (pgbench running the service's exact statements, and the floor,
+the least durable work a transfer can be, in both protocols), top-ups (closed loop at N, 1 and 8 connections, and
+an open loop at a constant rate), purchases, a read/write mix, one hot user, and batches when the service has
+them. Ends with `wallet verify`. See docs/benchmarks.md.
 """
 
 import argparse
@@ -11,31 +12,37 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from bench import data
-from bench.load import LoadResult, Monitor, py_spy, run_pgbench, run_wrk, start_profile, summarise_profile
-from bench.report import machine, save, table
+from bench import data, pgbench
+from bench.load import (
+    LoadResult,
+    Monitor,
+    py_spy,
+    run_openloop,
+    run_pgbench,
+    run_wrk,
+    start_profile,
+    summarise_profile,
+)
+from bench.report import machine, save, server_settings, table
 from bench.target import Target, WalletServer, bench_database, running_server
 
-SCENARIOS = ("pgbench", "topup", "purchase", "mix", "hot", "batch")
-
-
-def pgbench_script(key_id: int, prefix: str) -> str:
-    """One top-up as the service runs it: SELECT * FROM wallet_request(...), random user, unique key."""
-    call = data.wallet_request_sql(
-        "topup",
-        key_id=str(key_id),
-        key_name=f"'{data.BENCH_KEY_NAME}'",
-        key=f"'pg-{prefix}-' || :client_id::text || '-' || :k::text",
-        user=f"'{data.USER_PREFIX}' || :uid::text",
-        asset="'GOLD'",
-        amount=":amount",
-    )
-    return (
-        "\\set uid random(1, :users)\n\\set amount random(1, 1000)\n\\set k random(1, 1000000000000000)\n"
-        f"SELECT * FROM {' '.join(call.split())};\n"
-    )
+# --only names, in the order they run. pgbench: every database-only scenario (the engine's and the floor's);
+# topup: top-ups at --connections, then at 1 and 8 (low load); openloop: top-ups at a constant rate.
+SCENARIOS = ("pgbench", "topup", "openloop", "purchase", "mix", "hot", "batch")
+LOW_LOAD_CONNECTIONS = (1, 8)  # the issue: group commit must not cost latency at low load (1, 8 and 64)
+OPEN_LOOP_WARMUP_S = 2
+FLOOR = pgbench.floor_name("prepared")  # what HTTP scenarios are compared with: asyncpg uses the prepared protocol
+FLOOR_PER_COMMIT = pgbench.floor_name("prepared", per_commit=True)
+LEGEND = (
+    "vs floor: pgbench engine scenarios over the floor of the same protocol (batches in transfers/s over the"
+    f" floor's {pgbench.PER_COMMIT} per commit); HTTP scenarios over the -M prepared floor ({FLOOR}: asyncpg"
+    f" prepares its statements), the HTTP batch in transfers/s over {FLOOR_PER_COMMIT}"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-connections", type=int, default=16, help="connections of the batch scenario (default 16)"
     )
     parser.add_argument("--batch-size", type=int, default=100, help="operations per batch request (default 100)")
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="requests/s of the open loop (default: half the closed-loop top-up rate of the same run)",
+    )
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument(
         "--profile",
@@ -70,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = args.only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if "openloop" in args.only and "topup" not in args.only and args.open_rate <= 0:
+        parser.error("openloop runs at half the closed-loop top-up rate: add topup to --only, or give --open-rate")
     return args
 
 
@@ -98,7 +113,13 @@ class Bench:
         }
 
     def wrk(
-        self, scenario: str, script: str, expected: tuple[str, ...] = (), connections: int = 0, **env: str
+        self,
+        scenario: str,
+        script: str,
+        expected: tuple[str, ...] = (),
+        connections: int = 0,
+        floor: str = FLOOR,
+        **env: str,
     ) -> LoadResult:
         connections = connections or self.args.connections
         step(f"{scenario}: {connections} connections, {self.args.duration} s")
@@ -113,6 +134,7 @@ class Bench:
                 self.env(**env),
             )
         result.rss_mb, result.cpu, result.expected = monitor.rss_mb, monitor.cpu_cores(), expected
+        result.floor = floor
         if result.unexpected() or result.socket_errors:
             self.problems.append(f"{scenario}: unexpected responses {result.unexpected()} {result.socket_errors}")
         self.results.append(result)
@@ -125,35 +147,107 @@ class Bench:
             key_id = data.bench_key(conn)
             funded = data.fund_users(conn, key_id, self.args.funded, 1_000_000, f"fund-{self.prefix}-")
         assert funded == self.args.funded, f"funded {funded} of {self.args.funded}"
+        self.vacuum()
         print(f"   done in {time.monotonic() - started:.1f} s")
         return key_id
 
-    def pgbench(self, key_id: int) -> None:
-        script = pgbench_script(key_id, self.prefix).replace(":users", str(self.args.users))
-        for clients in (16, 64):
-            step(f"pgbench -c {clients} -j 2 -T {self.args.duration} -M prepared (the service's top-up statement)")
-            for attempt in range(3):  # a shared server may be short of connections for a moment
-                try:
-                    with Monitor([], self.target.database) as monitor:
-                        result = run_pgbench(self.target.url, script, clients, self.args.duration)
-                except RuntimeError as exc:
-                    if "too many clients" not in str(exc) or attempt == 2:
-                        self.problems.append(f"pgbench -c {clients}: " + str(exc).splitlines()[-1])
-                        break
-                    print("   the server has too few free connections; again in 10 s")
-                    time.sleep(10)
-                    continue
-                result.cpu = monitor.cpu_cores()
-                self.results.append(result)
-                break
+    def vacuum(self) -> None:
+        """VACUUM (ANALYZE) of the ledger's tables after a phase that wrote many rows, as autovacuum would meanwhile
+        on a server that runs it (this one has it off: see the server line). Without statistics on entries, after
+        the pgbench phase's 300,000 top-ups, every history page was a sequential scan of entries (91 ms instead of
+        0.3 ms) and the mix fell from 1,800 to 185-440 requests/s."""
         with self.target.connect() as conn:
-            row = conn.execute(
-                "SELECT count(transaction_id), count(*) FROM idempotency_keys WHERE key LIKE %s",
-                (f"pg-{self.prefix}-%",),
-            ).fetchone()
-        assert row is not None
-        if row[0] != row[1] or row[1] < sum(r.requests for r in self.results if r.scenario.startswith("pgbench")):
-            self.problems.append(f"pgbench: {row[0]} of {row[1]} top-ups posted")
+            conn.execute("VACUUM (ANALYZE) transactions, entries, idempotency_keys, accounts, account_stripes")
+
+    @contextmanager
+    def server_stopped(self) -> Iterator[None]:
+        """The service stopped meanwhile: pgbench -c 64 needs 64 of the server's 100 connections, which other test
+        suites share, while the service holds 2 x 16 from its start (its pool is warmed); and nothing but pgbench
+        should use the two cores while it measures."""
+        self.server.stop()
+        try:
+            yield
+        finally:
+            step("wallet serve again")
+            self.server.start()
+
+    def database_only(self, key_id: int) -> None:
+        with self.target.connect() as conn:
+            pgbench.create_floor(conn, self.args.users)
+        for scenario in pgbench.scenarios(key_id, self.prefix, self.args.users):
+            step(
+                f"{scenario.name}: -j 2 -T {self.args.duration} -M {scenario.protocol}"
+                + (f", {scenario.transfers} transfers per transaction" if scenario.transfers > 1 else "")
+            )
+            result = self.run_pgbench(scenario)
+            if result is None:
+                continue
+            with self.target.connect() as conn:
+                problem = pgbench.check(conn, scenario, result.requests)
+            if problem:
+                self.problems.append(f"{scenario.name}: {problem}")
+        step("VACUUM (ANALYZE) of the ledger's tables")
+        self.vacuum()
+
+    def run_pgbench(self, scenario: pgbench.Scenario) -> LoadResult | None:
+        for attempt in range(3):  # a shared server may be short of connections for a moment
+            try:
+                with Monitor([], self.target.database) as monitor:
+                    result = run_pgbench(
+                        scenario.name,
+                        self.target.url,
+                        scenario.script,
+                        scenario.clients,
+                        self.args.duration,
+                        scenario.protocol,
+                        scenario.transfers,
+                    )
+            except RuntimeError as exc:
+                if "too many clients" not in str(exc) or attempt == 2:
+                    self.problems.append(f"{scenario.name}: " + str(exc).strip().splitlines()[-1])
+                    return None
+                print("   the server has too few free connections; again in 10 s")
+                time.sleep(10)
+                continue
+            result.cpu, result.floor = monitor.cpu_cores(), scenario.floor
+            if result.statuses:  # pgbench's failed transactions
+                self.problems.append(f"{scenario.name}: {result.statuses}")
+            self.results.append(result)
+            return result
+        return None
+
+    def open_loop(self) -> None:
+        closed = next((r for r in self.results if r.scenario == "topup"), None)
+        rate = self.args.open_rate or (closed.rps / 2 if closed else 0.0)
+        if rate <= 0:
+            self.problems.append("topup open loop: no closed-loop top-up rate to take half of")
+            return
+        connections = self.args.connections
+        step(
+            f"topup open loop: {rate:,.0f}/s, {connections} connections, {OPEN_LOOP_WARMUP_S} s warm-up, then"
+            f" {self.args.duration} s"
+        )
+        url = urlsplit(self.server.base_url)
+        assert url.hostname is not None
+        assert url.port is not None
+        with Monitor(self.server.worker_processes(), self.target.database) as monitor:
+            result = run_openloop(
+                "topup open loop",
+                url.hostname,
+                url.port,
+                "/v1/topups",
+                rate,
+                self.args.duration,
+                connections,
+                OPEN_LOOP_WARMUP_S,
+                self.env(),
+            )
+        result.rss_mb, result.cpu = monitor.rss_mb, monitor.cpu_cores()
+        if not self.args.open_rate:
+            result.note = "half the closed-loop top-up rate, " + result.note
+        if result.unexpected() or result.socket_errors:
+            self.problems.append(f"topup open loop: unexpected responses {result.unexpected()} {result.socket_errors}")
+        self.results.append(result)
 
     def hot_user(self, key_id: int) -> None:
         purchases = next((r for r in self.results if r.scenario == "purchase"), None)
@@ -196,9 +290,11 @@ class Bench:
             f"batch of {self.args.batch_size} top-ups, {self.args.batch_connections} conn",
             "batch",
             connections=self.args.batch_connections,
+            floor=FLOOR_PER_COMMIT,
             BENCH_BATCH_SIZE=str(self.args.batch_size),
         )
-        result.note = f"{result.items / result.duration_s:,.0f} transfers/s ({result.items:,} operations answered 201)"
+        result.transfers_per_s = result.items / result.duration_s
+        result.note = f"{result.transfers_per_s:,.0f} transfers/s ({result.items:,} operations answered 201)"
 
     def profile(self) -> None:
         if py_spy() is None:
@@ -221,9 +317,15 @@ class Bench:
         key_id = self.setup()
         only = self.args.only
         if "pgbench" in only:
-            self.pgbench(key_id)
+            with self.server_stopped():
+                self.database_only(key_id)
         if "topup" in only:
             self.wrk("topup", "topup")
+        if "openloop" in only:
+            self.open_loop()
+        if "topup" in only:
+            for connections in LOW_LOAD_CONNECTIONS:  # for their latency: a rate at 1 or 8 is no ratio to the floor's
+                self.wrk(f"topup {connections} conn", "topup", connections=connections, floor="")
         if "purchase" in only:
             self.wrk("purchase", "purchase", ("409",))
         if "mix" in only:
@@ -236,12 +338,42 @@ class Bench:
             self.profile()
 
 
+def floor_ratios(results: list[LoadResult]) -> list[str]:
+    """The engine over the floor, per protocol, at the floor's clients: the top-up statement and the batch; and
+    HTTP top-ups, which the table compares with the prepared floor, over the simple one as well."""
+    rates = {result.scenario: result.transfer_rate() for result in results}
+    pairs = (
+        ("the top-up statement over the floor", pgbench.topup_name, False),
+        (
+            f"the batch of {pgbench.PER_COMMIT} over the floor's {pgbench.PER_COMMIT} per commit (transfers/s)",
+            pgbench.batch_name,
+            True,
+        ),
+    )
+    lines = []
+    for what, engine_name, per_commit in pairs:
+        found = []
+        for protocol in pgbench.PROTOCOLS:
+            mine, floor = rates.get(engine_name(protocol)), rates.get(pgbench.floor_name(protocol, per_commit))
+            if mine and floor:
+                found.append(f"-M {protocol} {mine / floor:.2f} ({mine:,.0f}/s over {floor:,.0f}/s)")
+        if found:
+            lines.append(f"engine/floor at {pgbench.CLIENTS} clients, {what}: " + "; ".join(found))
+    simple = rates.get(pgbench.floor_name("simple"))
+    if "topup" in rates and simple:
+        lines.append(f"topup (HTTP) over the -M simple floor: {rates['topup'] / simple:.2f}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     with bench_database(args.embedded, args.keep) as target:
         step(f"bench database: {target.description}")
+        with target.connect() as conn:
+            settings = server_settings(conn)
+        print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
         with running_server(target, args.workers) as server:
             print(f"   wallet serve on {server.base_url}, workers {[p.pid for p in server.worker_processes()]}")
             bench = Bench(args, target, server)
@@ -256,13 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         print(verify.stdout + verify.stderr + f"   (wallet verify took {time.monotonic() - started:.0f} s)")
         if verify.returncode != 0:
             bench.problems.append("wallet verify failed")
-    limits = [r for r in bench.results if r.scenario.startswith("pgbench")]
-    limit = max(limits, key=lambda r: r.rps) if limits else None
-    print(table(bench.results, limit))
+    print(table(bench.results, LEGEND))
+    for line in floor_ratios(bench.results):
+        print(line)
     if bench.profile_summary:
         print("\nprofile of one worker during top-ups (py-spy):\n" + "\n".join(bench.profile_summary))
     record = {
         "machine": info,
+        "server": settings,
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},
         "verify": verify.stdout,
         "problems": bench.problems,

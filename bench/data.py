@@ -9,9 +9,10 @@ HOT_USER = "hot"
 BENCH_KEY_NAME = "bootstrap"  # the admin key `wallet serve` ensures from WALLET_BOOTSTRAP_KEY
 
 
-def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user: str, asset: str, amount: str) -> str:
-    """The call the service makes for one money-moving request of `kind` (ledger.post: `wallet_request()` with a
-    `wallet_item`), with SQL expressions for its varying parts. The legs come from the service's registry."""
+def wallet_item_sql(kind: str, *, key_id: str, key_name: str, key: str, user: str, asset: str, amount: str) -> str:
+    """A `wallet_item` as the service sends one money-moving request of `kind` (ledger.post), with SQL expressions
+    for its varying parts (each may appear several times: give columns, not volatile calls). The legs come from
+    the service's registry."""
     posting_kind = KINDS[kind]
     (user_account, user_sign), (system_account, _) = posting_kind.legs("U", 1)
     assert user_account == "user:U"
@@ -27,10 +28,16 @@ def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user:
         f" ARRAY[{user_sign} * {amount}::bigint, {-user_sign} * {amount}::bigint],"
         " NULL, NULL, NULL, false)::wallet_posting"
     )
-    item = (
+    return (
         f"ROW({key_id}::bigint, {key_name}::text, gen_random_uuid(), {key}, '{posting_kind.endpoint}', {request},"
         f" {posting})::wallet_item"
     )
+
+
+def wallet_request_sql(kind: str, *, key_id: str, key_name: str, key: str, user: str, asset: str, amount: str) -> str:
+    """The call the service makes for one money-moving request of `kind`: `wallet_request()` with a `wallet_item`
+    (see wallet_item_sql)."""
+    item = wallet_item_sql(kind, key_id=key_id, key_name=key_name, key=key, user=user, asset=asset, amount=amount)
     return f"wallet_request({item})"
 
 

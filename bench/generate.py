@@ -4,7 +4,9 @@ Set-based: each chunk is a few INSERT ... SELECT over generate_series. Users u1.
 has 1% of all transactions, u2..u101 9% between them, the rest spread evenly), on GOLD, DIAMOND or LOYALTY.
 Each user account alternates top-up, purchase, top-up, ... with amounts fixed per account (top-up > purchase),
 so the balance after its k-th entry is a closed form of k: never negative, exact in order, no running sums.
-System accounts get the other legs; their balances are set at the end from the sums of their entries.
+System accounts get the other legs; at the end each one's balance moves by the sum of its generated legs, on its
+stripes (account_stripes, as migration 0004 moved existing balances: the change on stripe 0, the room, balance
+minus floor, spread evenly again).
 Secondary indexes of transactions and entries are dropped during the load and rebuilt after it, and foreign
 key triggers are skipped (session_replication_role = replica): `wallet verify` checks the result.
 """
@@ -17,7 +19,7 @@ import psycopg
 
 from bench import data
 from bench.load import LoadResult, Monitor, run_wrk
-from bench.report import machine, save, table
+from bench.report import machine, save, server_settings, table
 from bench.target import Target, bench_database, running_server
 
 WHALE = "u1"
@@ -122,7 +124,22 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
             """UPDATE accounts a SET balance = ((g.n + 1) / 2) * g.topup - (g.n / 2) * g.purchase
                  FROM gen_accounts g WHERE a.id = g.account_id AND g.n > 0"""
         )
-        conn.execute("UPDATE accounts a SET balance = a.balance + s.total FROM gen_system s WHERE a.id = s.account_id")
+        # System accounts are their stripes (accounts.balance stays 0): the generated legs' sum goes to stripe 0,
+        # and the rooms are spread again so that each stays >= 0 and they add up to balance - balance_min.
+        conn.execute(
+            """UPDATE account_stripes s SET balance = s.balance + g.total
+                 FROM gen_system g WHERE s.account_id = g.account_id AND s.stripe = 0"""
+        )
+        conn.execute(
+            """UPDATE account_stripes s
+                  SET room = (t.balance - a.balance_min) / wallet_stripe_count()
+                             + CASE WHEN s.stripe = 0 THEN mod(t.balance - a.balance_min, wallet_stripe_count())
+                                    ELSE 0 END
+                 FROM (SELECT account_id, sum(balance)::bigint AS balance FROM account_stripes
+                        WHERE account_id IN (SELECT account_id FROM gen_system) GROUP BY account_id) t
+                 JOIN accounts a ON a.id = t.account_id
+                WHERE s.account_id = t.account_id"""
+        )
         conn.execute("SELECT setval(pg_get_serial_sequence('transactions', 'id'), (SELECT max(id) FROM transactions))")
     conn.execute("SET maintenance_work_mem = '1GB'")
     for _, definition in indexes:
@@ -207,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if seeded.returncode != 0:
             raise RuntimeError(f"wallet seed failed:\n{seeded.stdout}{seeded.stderr}")
         with target.connect() as conn:
+            settings = server_settings(conn)
+            print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
             started = time.monotonic()
             data.create_users(conn, args.users)
             print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
@@ -227,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("wallet verify failed")
     record = {
         "machine": info,
+        "server": settings,
         "args": vars(args),
         "generate_seconds": round(seconds, 1),
         "whale_gold_entries": whale_entries,

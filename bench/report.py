@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extra
+import psycopg
 
 from bench.load import LoadResult
 
@@ -43,12 +44,27 @@ def machine() -> dict[str, str]:
     }
 
 
+SERVER_SETTINGS = ("server_version", "autovacuum", "synchronous_commit", "shared_buffers", "max_connections")
+
+
+def server_settings(conn: psycopg.Connection) -> dict[str, str]:
+    """The PostgreSQL settings that move the figures most, as the bench database sees them."""
+    settings = {}
+    for name in SERVER_SETTINGS:
+        row = conn.execute(f"SHOW {name}").fetchone()
+        assert row is not None
+        settings[name] = str(row[0])
+    return settings
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def table(results: list[LoadResult], limit: LoadResult | None = None) -> str:
-    """One line per scenario. `limit` (the best pgbench run) gives the top-ups their ratio to the database."""
+def table(results: list[LoadResult], legend: str = "") -> str:
+    """One line per scenario. "vs floor" is a scenario's rate (in transfers for batches) over that of the scenario
+    it names as its floor, when that ran; `legend` says which those are."""
+    by_name = {result.scenario: result for result in results}
     header = (
         "scenario",
         "req/s",
@@ -56,7 +72,7 @@ def table(results: list[LoadResult], limit: LoadResult | None = None) -> str:
         "p99 ms",
         "max ms",
         "non-2xx by status",
-        "vs pgbench",
+        "vs floor",
         "RSS MB/worker",
         "CPU cores app/pg/load/all",
     )
@@ -68,7 +84,8 @@ def table(results: list[LoadResult], limit: LoadResult | None = None) -> str:
         ) or ", ".join(f"{s}: {n}" for s, n in sorted(result.statuses.items()) if not s.startswith("2"))
         if result.socket_errors:
             non_2xx += (", " if non_2xx else "") + ", ".join(f"{k}: {v}" for k, v in result.socket_errors.items())
-        ratio = f"{result.rps / limit.rps:.2f}" if limit and result.scenario.startswith("topup") else ""
+        floor = by_name.get(result.floor)
+        ratio = f"{result.transfer_rate() / floor.transfer_rate():.2f}" if floor and floor.transfer_rate() else ""
         rss = " ".join(f"{mb:.0f}" for _, mb in sorted(result.rss_mb.items()))
         cpu = "/".join(f"{result.cpu[k]:.1f}" for k in ("workers", "postgres", "load", "machine")) if result.cpu else ""
         rows.append(
@@ -88,7 +105,8 @@ def table(results: list[LoadResult], limit: LoadResult | None = None) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     notes = [f"  {r.scenario}: {r.note}" for r in results if r.note]
-    return "\n".join(lines + (["notes:", *notes] if notes else []))
+    legend_lines = [legend] if legend and any(r.floor in by_name for r in results) else []
+    return "\n".join(lines + legend_lines + (["notes:", *notes] if notes else []))
 
 
 def save(name: str, record: dict[str, object], results: list[LoadResult]) -> Path:
