@@ -4,9 +4,10 @@ Set-based: each chunk is a few INSERT ... SELECT over generate_series. Users u1.
 has 1% of all transactions, u2..u101 9% between them, the rest spread evenly), on GOLD, DIAMOND or LOYALTY.
 Each user account alternates top-up, purchase, top-up, ... with amounts fixed per account (top-up > purchase),
 so the balance after its k-th entry is a closed form of k: never negative, exact in order, no running sums.
-System accounts get the other legs; at the end each one's balance moves by the sum of its generated legs, on its
-stripes (account_stripes, as migration 0004 moved existing balances: the change on stripe 0, the room, balance
-minus floor, spread evenly again).
+System accounts get the other legs, on stripe 0 with the stripe's running balance (migration 0005: a system leg
+records its stripe and the stripe's balance after it); at the end each one's stripe 0 moves by the sum of its
+generated legs, and the room, balance minus floor, is spread evenly again (as migration 0004 did).
+Transaction i is created at start + i microseconds, so that balances as of an instant have a ledger to bisect.
 Secondary indexes of transactions and entries are dropped during the load and rebuilt after it, and foreign
 key triggers are skipped (session_replication_role = replica): `wallet verify` checks the result.
 """
@@ -50,12 +51,14 @@ OVERRIDING SYSTEM VALUE
 SELECT %(base)s + t, type, asset, user_id, amount, '{}', 'generator', %(start)s + t * interval '1 microsecond'
   FROM gen_chunk ORDER BY t;
 
-INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after)
-SELECT %(base)s + c.t, leg.leg, leg.account_id, leg.amount, leg.balance_after
-  FROM gen_chunk c
-  JOIN gen_system s ON s.asset = c.asset AND s.type = c.type
- CROSS JOIN LATERAL (VALUES (1, c.account_id, c.user_leg, c.balance_after),
-                            (2, s.account_id, -c.user_leg, NULL)) AS leg (leg, account_id, amount, balance_after)
+INSERT INTO entries (transaction_id, leg, account_id, amount, balance_after, stripe)
+SELECT %(base)s + c.t, leg.leg, leg.account_id, leg.amount, leg.balance_after, leg.stripe
+  FROM (SELECT c.*, s.account_id AS system_id,
+               s.start + s.total + sum(-c.user_leg) OVER (PARTITION BY s.account_id ORDER BY c.t) AS system_after
+          FROM gen_chunk c JOIN gen_system s ON s.asset = c.asset AND s.type = c.type) c
+ CROSS JOIN LATERAL (VALUES (1, c.account_id, c.user_leg, c.balance_after, NULL::smallint),
+                            (2, c.system_id, -c.user_leg, c.system_after, 0::smallint))
+                     AS leg (leg, account_id, amount, balance_after, stripe)
  ORDER BY c.t, leg.leg;
 
 UPDATE gen_accounts g SET n = g.n + d.n
@@ -103,9 +106,10 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
     conn.execute("ALTER TABLE gen_accounts ADD PRIMARY KEY (uno, asset)")
     conn.execute(
         """CREATE TEMP TABLE gen_system AS
-           SELECT a.id AS account_id, a.asset, s.type, 0::bigint AS total
+           SELECT a.id AS account_id, a.asset, s.type, 0::bigint AS total, z.balance AS start
              FROM accounts a JOIN (VALUES ('topup', 'system:treasury'), ('purchase', 'system:revenue')) s (type, name)
-               ON a.name = s.name"""
+               ON a.name = s.name
+             JOIN account_stripes z ON z.account_id = a.id AND z.stripe = 0"""
     )
     conn.execute("ANALYZE gen_accounts, gen_system")
     row = conn.execute("SELECT coalesce(max(id), 0), clock_timestamp() FROM transactions").fetchone()
@@ -168,6 +172,17 @@ def deep_cursor(conn: psycopg.Connection) -> tuple[str, int]:
     return str(row[0]), count
 
 
+def created_span(conn: psycopg.Connection) -> tuple[int, int]:
+    """The first and last creation times of the generated transactions, in Unix microseconds."""
+    row = conn.execute(
+        """SELECT (extract(epoch FROM min(created_at)) * 1000000)::bigint,
+                  (extract(epoch FROM max(created_at)) * 1000000)::bigint
+             FROM transactions WHERE api_key_name = 'generator'"""
+    ).fetchone()
+    assert row is not None and row[0] is not None
+    return int(row[0]), int(row[1])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=10_000_000, help="entries to generate (default 10M)")
@@ -185,10 +200,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def reads(args: argparse.Namespace, target: Target, cursor: str) -> list[LoadResult]:
+def reads(args: argparse.Namespace, target: Target, cursor: str, span: tuple[int, int]) -> list[LoadResult]:
+    """Each read at each number of connections. `span`: the generated transactions' creation times, in Unix
+    microseconds, from which the as_of reads draw their instants."""
     paths = {
         "balance (one asset)": "/v1/users/{user}/balances/GOLD",
         "balances (all assets)": "/v1/users/{user}/balances",
+        "balance as of an instant (one asset)": "/v1/users/{user}/balances/GOLD?as_of={at}",
+        "balances as of an instant (all assets)": "/v1/users/{user}/balances?as_of={at}",
         "history, first page": "/v1/users/{user}/transactions",
         f"history, deep page ({WHALE})": f"/v1/users/{WHALE}/transactions?asset=GOLD&cursor={cursor}",
     }
@@ -197,7 +216,13 @@ def reads(args: argparse.Namespace, target: Target, cursor: str) -> list[LoadRes
         for connections in [int(c) for c in args.connections.split(",")]:
             for scenario, path in paths.items():
                 print(f"-- {scenario}: GET {path}, {connections} connections, {args.duration} s", flush=True)
-                env = {"BENCH_API_KEY": server.api_key, "BENCH_USERS": str(args.users), "BENCH_PATH": path}
+                env = {
+                    "BENCH_API_KEY": server.api_key,
+                    "BENCH_USERS": str(args.users),
+                    "BENCH_PATH": path,
+                    "BENCH_AT_FIRST_US": str(span[0]),
+                    "BENCH_AT_LAST_US": str(span[1]),
+                }
                 with Monitor(server.worker_processes(), target.database) as monitor:
                     result = run_wrk(
                         f"{scenario}, {connections} conn",
@@ -232,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = generate(conn, args.entries, args.users, args.chunk)
             print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
             cursor, whale_entries = deep_cursor(conn)
+            span = created_span(conn)
         if not args.no_reads:
-            results = reads(args, target, cursor)
+            results = reads(args, target, cursor, span)
         print("-- wallet verify", flush=True)
         started = time.monotonic()
         verify = target.verify()
