@@ -179,7 +179,8 @@ def created_span(conn: psycopg.Connection) -> tuple[int, int]:
                   (extract(epoch FROM max(created_at)) * 1000000)::bigint
              FROM transactions WHERE api_key_name = 'generator'"""
     ).fetchone()
-    assert row is not None and row[0] is not None
+    assert row is not None
+    assert row[0] is not None
     return int(row[0]), int(row[1])
 
 
