@@ -270,6 +270,8 @@ async def execute_alone(url: str, sql: str) -> None:
 async def stored_balance(db: asyncpg.Connection, account: str, asset: str = "GOLD") -> int:
     """An account's balance as the database has it (account_balances: stored balance plus pending deltas)."""
     value = await db.fetchval("SELECT balance FROM account_balances WHERE name = $1 AND asset = $2", account, asset)
+    if value is None and account.startswith("user:"):
+        return 0  # not opened yet: a user account appears with its first credit
     assert value is not None, (account, asset)
     return int(value)
 
