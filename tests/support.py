@@ -270,6 +270,8 @@ async def execute_alone(url: str, sql: str) -> None:
 async def stored_balance(db: asyncpg.Connection, account: str, asset: str = "GOLD") -> int:
     """An account's balance as the database has it (account_balances: stored balance plus pending deltas)."""
     value = await db.fetchval("SELECT balance FROM account_balances WHERE name = $1 AND asset = $2", account, asset)
+    if value is None and account.startswith("user:"):
+        return 0  # not opened yet: a user account appears with its first credit
     assert value is not None, (account, asset)
     return int(value)
 
@@ -287,9 +289,22 @@ async def ledger_counts(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
 
 
 async def user_balances(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
-    """Every balance of the user, by asset, as the database has it."""
+    """Every balance of the user, by asset, as the database has it: the assets the user has an account in (one is
+    opened by its first credit)."""
     rows = await db.fetch("SELECT asset, balance FROM accounts WHERE user_id = $1", user_id)
     return {row["asset"]: int(row["balance"]) for row in rows}
+
+
+async def open_account(db: asyncpg.Connection, user_id: str, asset: str = "GOLD") -> None:
+    """The user's account in `asset`, opened now with nothing in it, for a test that locks the row: accounts
+    otherwise appear with their first credit (users created before migration 0006 have one in every asset)."""
+    await db.execute(
+        """INSERT INTO accounts (kind, name, asset, user_id, frozen)
+           SELECT 'user', 'user:' || user_id, $2, user_id, status = 'frozen' FROM users WHERE user_id = $1
+           ON CONFLICT DO NOTHING""",
+        user_id,
+        asset,
+    )
 
 
 async def stored_keys(db: asyncpg.Connection, key: str) -> int:
@@ -302,7 +317,7 @@ async def post_legs(
     legs: Sequence[tuple[str, int]],
     *,
     asset: str = "GOLD",
-    type_: str = "transfer",
+    type_: str = "engine_test",
     user_id: str | None = None,
     amount: int | None = None,
     description: str | None = None,

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from tests.conftest import Keys
-from tests.support import assert_problem, assert_validation_error, create_user, idem, new_id, own_database
+from tests.support import assert_problem, assert_validation_error, create_user, idem, new_id, open_account, own_database
 from wallet.config import Settings
 from wallet.database import connect, migrate
 from wallet.reads import _BALANCES_SQL, ensure_user
@@ -439,6 +439,7 @@ async def test_as_of_work_does_not_grow_with_the_entries_of_the_account_nor_of_t
     db = log_db
     for user in ("small", "big"):
         await ensure_user(db, user, None)
+        await open_account(db, user)  # its id is needed before its first top-up
     accounts = {
         user: await db.fetchval("SELECT id FROM accounts WHERE name = 'user:' || $1 AND asset = 'GOLD'", user)
         for user in ("small", "big")

@@ -13,9 +13,9 @@ from tests.support import TIMESTAMP, assert_problem, assert_validation_error, fr
 
 
 SEEDED_ASSETS = [
-    {"code": "DIAMOND", "name": "Diamonds", "scale": 0},
-    {"code": "GOLD", "name": "Gold Coins", "scale": 0},
-    {"code": "LOYALTY", "name": "Loyalty Points", "scale": 0},
+    {"code": "DIAMOND", "name": "Diamonds", "scale": 0, "transferable": False, "expiry_days": None},
+    {"code": "GOLD", "name": "Gold Coins", "scale": 0, "transferable": False, "expiry_days": None},
+    {"code": "LOYALTY", "name": "Loyalty Points", "scale": 0, "transferable": False, "expiry_days": None},
 ]
 
 
@@ -28,7 +28,7 @@ async def test_assets_lists_the_seeded_assets(client: httpx.AsyncClient, api_key
     for asset in SEEDED_ASSETS:
         assert asset in body["items"], body
     for item in body["items"]:
-        assert set(item) == {"code", "name", "scale"}, item
+        assert set(item) == {"code", "name", "scale", "transferable", "expiry_days"}, item
 
 
 # Users -------------------------------------------------------------------------------------------------------------

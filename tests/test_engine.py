@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Keys
-from tests.support import new_id, post_legs, stored_balance
+from tests.support import new_id, open_account, post_legs, stored_balance, user_balances
 from wallet import reads
 from wallet.config import Settings
 from wallet.database import connect
@@ -132,7 +132,7 @@ async def test_three_leg_transfer_is_posted(db: asyncpg.Connection, client: http
     ]
     tx = await db.fetchrow("SELECT * FROM transactions WHERE id = $1", posted_id)
     assert tx is not None
-    assert (tx["type"], tx["asset"], tx["user_id"], tx["amount"]) == ("transfer", "GOLD", payer, 300)
+    assert (tx["type"], tx["asset"], tx["user_id"], tx["amount"]) == ("engine_test", "GOLD", payer, 300)
     assert (tx["description"], tx["metadata"], tx["api_key_name"]) == ("gift with fee", {"fee": 30}, KEY_NAME)
 
     assert await stored_balance(db, f"user:{payer}") == 700
@@ -199,7 +199,7 @@ async def test_malformed_legs_raise_wl900(
     named = None if accounts is None else [a.format(u=f"user:{user_id}") for a in accounts]
     before = await stored_balance(db, f"user:{user_id}")
     assets = None if named is None else ["GOLD"] * len(named)
-    posting = ("transfer", user_id, "GOLD", 100, None, None, named, assets, amounts, None, None, None, False)
+    posting = ("engine_test", user_id, "GOLD", 100, None, None, named, assets, amounts, None, None, None, False)
     with pytest.raises(asyncpg.PostgresError) as raised:
         await db.fetchrow(
             "SELECT * FROM wallet_request(ROW(NULL, $2, gen_random_uuid(), NULL, NULL, NULL, $1)::wallet_item)",
@@ -215,7 +215,7 @@ async def test_unknown_system_account_raises(db: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.PostgresError) as raised:
         await post(db, [(f"user:{user_id}", 10), ("system:nowhere", -10)], user_id=user_id)
     assert raised.value.sqlstate == "WL901", raised.value
-    assert await stored_balance(db, f"user:{user_id}") == 0
+    assert await user_balances(db, user_id) == {}  # not even the user's account was opened
 
 
 async def test_unknown_user_returns_user_not_found_and_writes_nothing(db: asyncpg.Connection) -> None:
@@ -264,7 +264,7 @@ async def test_insufficient_funds_on_one_leg_refuses_every_leg(db: asyncpg.Conne
         assert f"user:{payer}" in row.detail
         assert await counts(db) == before
     assert await stored_balance(db, f"user:{payer}") == 100
-    assert await stored_balance(db, f"user:{payee}") == 0
+    assert await user_balances(db, payee) == {}  # a refused posting opens no account
 
 
 async def test_balance_limit_exceeded(db: asyncpg.Connection) -> None:
@@ -315,6 +315,7 @@ async def test_system_legs_go_to_a_stripe_and_lock_nothing_else(
     """While a top-up is uncommitted, its user account and one stripe of the treasury (this connection's) are
     locked; the treasury's account row and its other stripes are not, so other requests go on."""
     user_id = await new_user(db)
+    await open_account(db, user_id)  # an account a top-up opens is locked too, but invisible to others until then
     other = await connect(database_url, settings)
     try:
         async with rolled_back(db, "repeatable_read"):

@@ -52,7 +52,7 @@ def test_the_served_openapi_document_is_valid_and_every_reference_resolves(serve
     BatchRequest once was) fails here, before client generators or fuzzers stop on it."""
     document = requests.get(f"{server}/openapi.json", timeout=30).json()
     validate(document)
-    for name in ("MovementRequest", "BatchRequest", "UserRequest", "Problem"):
+    for name in ("MovementRequest", "BatchRequest", "UserRequest", "TransferRequest", "AssetRequest", "Problem"):
         assert name in document["components"]["schemas"], name
 
 

@@ -23,6 +23,7 @@ from tests.support import (
     ledger_counts,
     move,
     movement,
+    open_account,
     post,
     stored_keys,
 )
@@ -225,6 +226,7 @@ async def test_two_requests_racing_with_one_key_write_once_and_the_loser_replays
     the loser's record collides with the winner's, which rolls it back whole, and run again it replays."""
     key = idem()
     body = movement(new_user, 40, description="race")
+    await open_account(db, new_user)
     async with db.transaction():
         await db.execute("SELECT 1 FROM accounts WHERE name = $1 AND asset = 'GOLD' FOR UPDATE", f"user:{new_user}")
         racing = [asyncio.create_task(post(client, api_keys, PATHS["topup"], body, key)) for _ in range(2)]

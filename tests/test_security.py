@@ -31,6 +31,7 @@ from wallet.logs import JsonFormatter
 # test_every_v1_route_has_a_declared_scope until it is listed here: no route ships without a decision.
 ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/assets"): {"read"},
+    ("PUT", "/v1/assets/{code}"): {"admin"},
     ("PUT", "/v1/users/{user_id}"): {"admin"},
     ("GET", "/v1/users/{user_id}"): {"read"},
     ("GET", "/v1/users/{user_id}/balances"): {"read"},
@@ -40,7 +41,8 @@ ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/topups"): {"topup"},
     ("POST", "/v1/bonuses"): {"bonus"},
     ("POST", "/v1/purchases"): {"purchase"},
-    ("POST", "/v1/batch"): {"topup", "bonus", "purchase"},
+    ("POST", "/v1/batch"): {"topup", "bonus", "purchase", "transfer"},
+    ("POST", "/v1/transfers"): {"transfer"},
     ("POST", "/v1/adjustments"): {"admin"},
     ("POST", "/v1/users/{user_id}/freeze"): {"admin"},
     ("POST", "/v1/users/{user_id}/unfreeze"): {"admin"},
@@ -60,8 +62,9 @@ PATH_VALUES = {
     "asset": "GOLD",
     "transaction_id": "tx_0000000000000001",
     "hold_id": "hold_0000000000000001",
+    "code": "GOLD",
 }
-SCOPES = ("read", "topup", "bonus", "purchase")
+SCOPES = ("read", "topup", "bonus", "purchase", "transfer")
 LEAKS = ("Traceback", 'File "', ".py", "SELECT", "INSERT", "UPDATE ", "asyncpg", "psycopg", "wallet_request", "plpgsql")
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",

@@ -65,6 +65,9 @@ REFUND_LEGS = check("every refund reverses its original's legs")
 FROZEN = check("every account of a frozen user")
 KEY_OUTCOME = check("every idempotency record names one outcome")
 KEY_OWNER = check("every idempotency record belongs to an API key")
+ASSET_SYSTEM = check("every asset has its system accounts")
+ACCOUNT_OWNERS = check("every account's asset and user exist")
+TRANSFER_LEGS = check("every transfer moves its amount")
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,39 @@ CASES: dict[str, list[Case]] = {
             "UPDATE idempotency_keys SET api_key_id = {admin_key} WHERE key = 'dan-t2'",
         ),
     ],
+    ASSET_SYSTEM: [
+        Case(
+            "an asset made at runtime without its revenue account (here: renamed away, stripes and all)",
+            "UPDATE accounts SET name = 'system:lost_revenue' WHERE id = {gem_revenue}",
+            "UPDATE accounts SET name = 'system:revenue' WHERE id = {gem_revenue}",
+        ),
+    ],
+    ACCOUNT_OWNERS: [
+        Case(
+            "an account (never credited) in an asset that does not exist: its foreign key forbids it",
+            "UPDATE accounts SET asset = 'V_NOWHERE' WHERE id = {dan_diamond}",
+            "UPDATE accounts SET asset = 'DIAMOND' WHERE id = {dan_diamond}",
+            drop="accounts.accounts_asset_fkey",
+        ),
+        Case(
+            "accounts of a user that does not exist (the user renamed under them): their foreign key forbids it",
+            "UPDATE users SET user_id = 'v-gone' WHERE user_id = 'v-dan'",
+            "UPDATE users SET user_id = 'v-dan' WHERE user_id = 'v-gone'",
+            drop="accounts.accounts_user_id_fkey",
+        ),
+    ],
+    TRANSFER_LEGS: [
+        Case(
+            "a transfer whose user is its receiver",
+            "UPDATE transactions SET user_id = 'v-ann' WHERE id = {transfer}",
+            "UPDATE transactions SET user_id = 'v-eve' WHERE id = {transfer}",
+        ),
+        Case(
+            "a top-up (treasury -> user) recorded as a transfer",
+            "UPDATE transactions SET type = 'transfer' WHERE id = {eve_t1}",
+            "UPDATE transactions SET type = 'topup' WHERE id = {eve_t1}",
+        ),
+    ],
 }
 
 
@@ -419,6 +455,12 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
     """The ledger the cases corrupt, through the API; the ids (and a few values) the cases need."""
     for user in ("v-ann", "v-ben", "v-dan", "v-eve"):
         assert (await http.put(f"/v1/users/{user}", headers=HEADERS)).status_code == 201
+    # Accounts appear with their first credit; v-ben and v-dan have one in every asset from the start, as users
+    # created before migration 0006 do (some never credited: no entries).
+    await db.execute(
+        """INSERT INTO accounts (kind, name, asset, user_id)
+           SELECT 'user', 'user:' || u, a.code, u FROM unnest(ARRAY['v-ben', 'v-dan']) u CROSS JOIN assets a"""
+    )
 
     def move(user: str, amount: int, asset: str = "GOLD", **extra: Any) -> dict[str, Any]:
         return {"user_id": user, "asset": asset, "amount": amount, **extra}
@@ -459,6 +501,16 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
     dan_t1 = await send(http, "/v1/topups", move("v-dan", 1000), "dan-t1")
     dan_t2 = await send(http, "/v1/topups", move("v-dan", 100), "dan-t2")
     eve_t1 = await send(http, "/v1/topups", move("v-eve", 300), "eve-t1")
+    # An asset made at runtime, transferable: v-eve's account in it is opened by a top-up, v-ann's by a transfer.
+    gem = await http.put("/v1/assets/V_GEM", json={"name": "Verify gems", "transferable": True}, headers=HEADERS)
+    assert gem.status_code == 201, gem.text
+    await send(http, "/v1/topups", move("v-eve", 40, "V_GEM"), "eve-gem")
+    transfer = await send(
+        http,
+        "/v1/transfers",
+        {"from_user_id": "v-eve", "to_user_id": "v-ann", "asset": "V_GEM", "amount": 15},
+        "eve-transfer",
+    )
 
     async def account(name: str, asset: str) -> int:
         return int(await db.fetchval("SELECT id FROM accounts WHERE name = $1 AND asset = $2", name, asset))
@@ -479,6 +531,8 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
         "dan_t2": internal(dan_t2["id"]),
         "dan_balance": dan_t2["balance_after"],
         "eve_t1": internal(eve_t1["id"]),
+        "transfer": internal(transfer["id"]),
+        "gem_revenue": await account("system:revenue", "V_GEM"),
         "ann_gold": await account("user:v-ann", "GOLD"),
         "ben_gold": await account("user:v-ben", "GOLD"),
         "ben_diamond": await account("user:v-ben", "DIAMOND"),
@@ -559,7 +613,7 @@ async def test_the_ledger_with_every_kind_of_posting_verifies_clean(
 ) -> None:
     conn, _ = ledger
     kinds = {row["type"] for row in await conn.fetch("SELECT DISTINCT type FROM transactions")}
-    assert kinds >= {"topup", "bonus", "purchase", "refund", "adjustment"}, kinds
+    assert kinds >= {"topup", "bonus", "purchase", "refund", "adjustment", "transfer"}, kinds
     statuses = {row["status"] for row in await conn.fetch("SELECT DISTINCT status FROM holds")}
     assert statuses == {"held", "captured", "voided"}
     assert await conn.fetchval("SELECT count(*) FROM accounts WHERE frozen") == 3

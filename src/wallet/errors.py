@@ -29,6 +29,8 @@ CODES: dict[str, tuple[int, str]] = {
     "account_frozen": (409, "Account frozen"),
     "refund_exceeds_original": (409, "Refund exceeds the original"),
     "not_refundable": (409, "Not refundable"),
+    "transfers_disabled": (409, "Transfers disabled"),
+    "asset_scale_immutable": (409, "Asset scale cannot change"),
     "payload_too_large": (413, "Payload too large"),
     "validation_error": (422, "Invalid request"),
     "idempotency_key_reused": (422, "Idempotency-Key reused with another request"),
@@ -122,6 +124,12 @@ class HoldNotFound(WalletError):
     """No hold has this id."""
 
     code = "hold_not_found"
+
+
+class AssetScaleImmutable(WalletError):
+    """A PUT of an existing asset asked for another scale: amounts already posted are in the scale it has."""
+
+    code = "asset_scale_immutable"
 
 
 class PayloadTooLarge(WalletError):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from wallet.kinds import KINDS
+from wallet.kinds import POSTING_SCOPES
 
 # read, then the scope of each posting kind of the registry, then admin (which holds them all).
-SCOPES = ("read", *dict.fromkeys(kind.scope for kind in KINDS.values()), "admin")
+SCOPES = ("read", *POSTING_SCOPES, "admin")
 BOOTSTRAP_KEY_NAME = "bootstrap"
 FIRST_ADMIN_KEY_NAME = "admin"
 SECRET_LENGTH_MAX = 512

@@ -54,3 +54,35 @@ KINDS: dict[str, Kind] = {
 }
 KINDS_BY_PATH: dict[str, Kind] = {kind.path: kind for kind in KINDS.values()}
 SYSTEM_ACCOUNTS: tuple[str, ...] = tuple(dict.fromkeys(kind.system_account for kind in KINDS.values()))
+"""The system accounts every asset has (PUT /v1/assets opens them with the asset, the seed for its assets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserToUser:
+    """A kind of posting from one user's account to another's, in one asset, with no system account. The engine
+    locks the two accounts in id order, as it does for every posting with several user legs."""
+
+    type: str
+    path: str
+    scope: str
+    summary: str
+    codes: tuple[str, ...] = ()
+
+    @property
+    def endpoint(self) -> str:
+        return f"POST {self.path}"
+
+    def legs(self, from_user_id: str, to_user_id: str, amount: int) -> list[tuple[str, int]]:
+        """The sender's leg first, then the receiver's."""
+        return [(f"user:{from_user_id}", -amount), (f"user:{to_user_id}", amount)]
+
+
+TRANSFER = UserToUser(
+    "transfer",
+    "/v1/transfers",
+    "transfer",
+    "Transfer: user -> user, in a transferable asset",
+    ("insufficient_funds", "account_frozen", "transfers_disabled"),
+)
+POSTING_SCOPES: tuple[str, ...] = tuple(dict.fromkeys([*(kind.scope for kind in KINDS.values()), TRANSFER.scope]))
+"""The scope of each kind of posting (and of the batch items of that kind)."""

@@ -16,7 +16,7 @@ import orjson
 
 from wallet.database import Database
 from wallet.errors import CODES
-from wallet.kinds import KINDS, Kind
+from wallet.kinds import KINDS, TRANSFER, Kind
 from wallet.render import TransactionView, public_id
 
 REQUEST_SQL = "SELECT * FROM wallet_request($1)"
@@ -121,6 +121,42 @@ class Movement:
                 (account, reward.asset, amount) for account, amount in bonus_pool.legs(self.user_id, reward.amount)
             ]
         return _posting(self.kind.type, self.user_id, self.asset, self.amount, self.description, self.metadata, legs)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A transfer from one user to another (the registry's TRANSFER): the transaction is the sender's (its
+    `user_id`, and `balance_after` is the sender's); the receiver's account is opened by its first credit."""
+
+    from_user_id: str
+    to_user_id: str
+    asset: str
+    amount: int
+    description: str | None
+    metadata: dict[str, Any]
+
+    @property
+    def endpoint(self) -> str:
+        return TRANSFER.endpoint
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "from_user_id": self.from_user_id,
+            "to_user_id": self.to_user_id,
+            "asset": self.asset,
+            "amount": self.amount,
+            "description": self.description,
+            "metadata": self.metadata,
+        }
+
+    def posting(self) -> tuple[Any, ...]:
+        legs = [
+            (account, self.asset, amount)
+            for account, amount in TRANSFER.legs(self.from_user_id, self.to_user_id, self.amount)
+        ]
+        return _posting(
+            TRANSFER.type, self.from_user_id, self.asset, self.amount, self.description, self.metadata, legs
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,67 @@ class FreezeRequest(Strict):
     reason: Reason
 
 
+class TransferRequest(Strict):
+    """A transfer from one user to another, in a transferable asset."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "from_user_id": "alice",
+                    "to_user_id": "bob",
+                    "asset": "GEM",
+                    "amount": 25,
+                    "description": "Split the loot",
+                    "metadata": {"raid": 12},
+                }
+            ]
+        },
+    )
+
+    from_user_id: UserId
+    to_user_id: UserId
+    asset: AssetCode
+    amount: Amount
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _two_users(self) -> "TransferRequest":
+        if self.from_user_id == self.to_user_id:
+            raise ValueError("to_user_id: must be another user than from_user_id")
+        return self
+
+
+ASSET_NAME_LENGTH_MAX = 100
+SCALE_MAX = 18
+EXPIRY_DAYS_MAX = 3650
+
+
+class AssetRequest(Strict):
+    """An asset's name and policies. On creation, what is left out takes its default (scale 0, not transferable, no
+    expiry); on a change, what is left out stays as it is. `expiry_days: null` removes the expiry. The scale
+    cannot change once the asset exists."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "Gems", "scale": 0, "transferable": True, "expiry_days": 90}]},
+    )
+
+    name: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=ASSET_NAME_LENGTH_MAX),
+        AfterValidator(_storable_text),
+        Field(json_schema_extra=NO_NUL),
+    ]
+    scale: Annotated[int, Field(ge=0, le=SCALE_MAX, description="Decimal places of the minor unit.")] = 0
+    transferable: bool = False
+    expiry_days: Annotated[int, Field(ge=1, le=EXPIRY_DAYS_MAX)] | None = None
+
+
 def _known_kind(value: str) -> str:
     if value not in KINDS:
         raise ValueError(f"must be one of {', '.join(KINDS)}")
@@ -286,6 +347,11 @@ class BatchRefund(RefundRequest):
     idempotency_key: IdempotencyKey
 
 
+class BatchTransfer(TransferRequest):
+    type: Literal["transfer"]
+    idempotency_key: IdempotencyKey
+
+
 class BatchBody(Strict):
     """As sent: each operation is validated on its own by its type (operation()), so that a problem names the
     item's own fields (operations.3.amount)."""
@@ -298,19 +364,22 @@ class BatchRequest(Strict):
     """A batch, as the OpenAPI document describes it."""
 
     operations: Annotated[
-        list[BatchOperation | BatchCapture | BatchRefund], Field(min_length=1, max_length=BATCH_OPERATIONS_MAX)
+        list[BatchOperation | BatchCapture | BatchRefund | BatchTransfer],
+        Field(min_length=1, max_length=BATCH_OPERATIONS_MAX),
     ]
     atomic: bool = False
 
 
-BATCH_MODELS: dict[str, type[BatchOperation | BatchCapture | BatchRefund]] = {
+BatchItem = BatchOperation | BatchCapture | BatchRefund | BatchTransfer
+BATCH_MODELS: dict[str, type[BatchItem]] = {
     "capture": BatchCapture,
     "refund": BatchRefund,
+    "transfer": BatchTransfer,
 }
 
 
-def operation(data: Any) -> BatchOperation | BatchCapture | BatchRefund:
-    """One item of a batch, by its type (a movement kind of the registry, a capture or a refund)."""
+def operation(data: Any) -> BatchItem:
+    """One item of a batch, by its type (a movement kind of the registry, a capture, a refund or a transfer)."""
     kind = data.get("type") if isinstance(data, dict) else None
     model = BATCH_MODELS.get(kind, BatchOperation) if isinstance(kind, str) else BatchOperation
     return model.model_validate(data)

@@ -1,5 +1,5 @@
-"""Reads, and the changes to users that move no money: assets, users (create, rename, freeze), balances (now,
-or as they were at an instant), history pages, transactions and their refunds.
+"""Reads, and the changes that move no money: assets (create, change policies), users (create, rename, freeze),
+balances (now, or as they were at an instant), history pages, transactions and their refunds.
 
 An unknown user is reported before an unknown asset, on every route.
 """
@@ -10,7 +10,8 @@ import asyncpg
 import orjson
 
 from wallet.database import Database
-from wallet.errors import AssetNotFound, TransactionNotFound, UserNotFound, ValidationFailed
+from wallet.errors import AssetNotFound, AssetScaleImmutable, TransactionNotFound, UserNotFound, ValidationFailed
+from wallet.kinds import SYSTEM_ACCOUNTS
 from wallet.ledger import view
 from wallet.render import parse_public_id, public_id, timestamp
 
@@ -53,9 +54,43 @@ async def get_refunds(database: Database, transaction_id: str) -> bytes:
     return orjson.dumps(document)
 
 
+_ASSET_FIELDS = ("code", "name", "scale", "transferable", "expiry_days")
+
+
+def _asset(row: asyncpg.Record) -> dict[str, object]:
+    return {name: row[name] for name in _ASSET_FIELDS}
+
+
 async def list_assets(database: Database) -> bytes:
-    rows = await database.fetch("SELECT code, name, scale FROM assets ORDER BY code")
-    return orjson.dumps({"items": [dict(row) for row in rows]})
+    rows = await database.fetch(f"SELECT {', '.join(_ASSET_FIELDS)} FROM assets ORDER BY code")
+    return orjson.dumps({"items": [_asset(row) for row in rows]})
+
+
+async def put_asset(
+    database: Database,
+    code: str,
+    name: str,
+    scale: int | None,
+    transferable: bool | None,
+    expiry_days: int | None,
+    expiry_sent: bool,
+) -> tuple[bool, bytes]:
+    """Creates the asset with its system accounts, or changes its name and policies; None (and expiry_sent False)
+    leaves a field as it is. (created, representation.) A different scale of an existing asset is a 409."""
+    row = await database.fetchrow(
+        "SELECT * FROM wallet_put_asset($1, $2, $3, $4, $5, $6, $7)",
+        code,
+        name,
+        scale,
+        transferable,
+        expiry_days,
+        expiry_sent,
+        list(SYSTEM_ACCOUNTS),
+    )
+    assert row is not None
+    if row["problem"] is not None:
+        raise AssetScaleImmutable(row["problem"]["detail"])
+    return bool(row["created"]), orjson.dumps(_asset(row))
 
 
 _USER_COLUMNS = "u.user_id, u.display_name, u.status, u.frozen_reason, u.frozen_at, u.created_at"
@@ -75,13 +110,11 @@ def _user(row: asyncpg.Record) -> bytes:
     )
 
 
+# A user has no account until a posting first credits it (wallet_open_accounts()): balances read 0 meanwhile.
 _ENSURE_USER_SQL = f"""
         WITH created AS (
             INSERT INTO users (user_id, display_name) VALUES ($1, $2)
             ON CONFLICT (user_id) DO NOTHING RETURNING *
-        ), opened AS (
-            INSERT INTO accounts (kind, name, asset, user_id)
-            SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a
         ), renamed AS (
             UPDATE users SET display_name = $2
              WHERE user_id = $1 AND $3 AND display_name IS DISTINCT FROM $2 AND NOT EXISTS (SELECT 1 FROM created)
@@ -97,7 +130,7 @@ _ENSURE_USER_SQL = f"""
 async def ensure_user(
     conn: asyncpg.Connection, user_id: str, display_name: str | None, rename: bool = False
 ) -> tuple[bool, bytes]:
-    """Creates the user with one account per asset, or returns the existing one, its display name set to
+    """Creates the user (accounts come with their first credits), or returns the existing one, its display name set to
     `display_name` (None clears it) when `rename`. (created, representation)."""
     for _ in range(3):
         row = await conn.fetchrow(_ENSURE_USER_SQL, user_id, display_name, rename)
@@ -119,23 +152,12 @@ async def get_user(database: Database, user_id: str) -> bytes:
     return _user(row)
 
 
-# A freeze locks every account of the user (in id order, as postings do) and flags them with the user: a debit in
-# flight finishes first, and none can follow; frozen_at is read under those locks, so every debit the user ever
-# made before the freeze has an earlier created_at. Freezing a frozen user changes the reason only; unfreezing
+# A freeze locks every account of the user (in id order, as postings do), then the user (which every opening of an
+# account holds FOR SHARE), and flags the accounts with the user: a debit in flight finishes first, and none can
+# follow; frozen_at is read under those locks, so every debit the user ever made before the freeze has an earlier
+# created_at (wallet_set_frozen(), migration 0006). Freezing a frozen user changes the reason only; unfreezing
 # clears all of it.
-_FREEZE_SQL = f"""
-WITH locked AS (
-    SELECT id FROM accounts WHERE user_id = $1 ORDER BY id FOR NO KEY UPDATE
-), flagged AS (
-    UPDATE accounts a SET frozen = $2 FROM locked l WHERE a.id = l.id
-), changed AS (
-    UPDATE users SET status = CASE WHEN $2 THEN 'frozen' ELSE 'active' END, frozen_reason = $3,
-                     frozen_at = CASE WHEN $2 THEN coalesce(frozen_at, clock_timestamp()) END
-     WHERE user_id = $1 AND (SELECT count(*) FROM locked) >= 0
-    RETURNING *
-)
-SELECT {_USER_COLUMNS} FROM changed u
-"""
+_FREEZE_SQL = f"SELECT {_USER_COLUMNS} FROM wallet_set_frozen($1, $2, $3) u"
 
 
 async def set_frozen(database: Database, user_id: str, frozen: bool, reason: str | None) -> bytes:

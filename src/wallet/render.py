@@ -55,6 +55,14 @@ class TransactionView:
         one, its reversal)."""
         return self.type in ("purchase", "refund") and account == user and asset != self.asset
 
+    def _receiver(self, user: str | None) -> dict[str, Any]:
+        """On a transfer, the receiving user and their balance after it (`balance_after` is the sender's)."""
+        if self.type != "transfer":
+            return {}
+        legs = zip(self.accounts, self.assets, self.amounts, self.balances, strict=True)
+        to = next(((a, b) for a, s, n, b in legs if a != user and a.startswith("user:") and n > 0), None)
+        return {"to_user_id": to[0][5:] if to else None, "to_balance_after": to[1] if to else None}
+
     def render(self) -> bytes:
         user = f"user:{self.user_id}" if self.user_id is not None else None
         legs = list(zip(self.accounts, self.assets, self.amounts, self.balances, strict=True))
@@ -77,6 +85,7 @@ class TransactionView:
                 "refund_of": None if self.refund_of is None else public_id(self.refund_of),
                 "hold_id": None if self.hold_id is None else public_id(self.hold_id, "hold"),
                 "created_at": timestamp(self.created_at),
+                **self._receiver(user),
             }
         )
 

@@ -1,4 +1,5 @@
-"""The seed: assets, system accounts, and demo users funded by ordinary top-ups. Running it again changes nothing."""
+"""The seed: assets (closed loop: none transferable), system accounts, and demo users funded by ordinary top-ups.
+Running it again changes nothing (an operator's later change of a seeded asset's policies included)."""
 
 import uuid
 
@@ -29,12 +30,7 @@ async def seed(conn: asyncpg.Connection) -> None:
                  FROM assets a CROSS JOIN unnest($1::text[]) s (name) ORDER BY a.code, s.name""",
             list(SYSTEM_ACCOUNTS),
         )
-        # Users created before an asset existed get their account in it.
-        await conn.execute(
-            """INSERT INTO accounts (kind, name, asset, user_id)
-               SELECT 'user', 'user:' || u.user_id, a.code, u.user_id FROM users u CROSS JOIN assets a
-               ON CONFLICT DO NOTHING"""
-        )
+        # User accounts are not made here: a posting opens one when it first credits it (migration 0006).
         seed_key_id = await conn.fetchval(
             """INSERT INTO api_keys (name, secret_hash, scopes, revoked_at)
                VALUES ($1, sha256(gen_random_uuid()::text::bytea), '{topup}', clock_timestamp())

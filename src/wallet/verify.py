@@ -5,6 +5,10 @@ from typing import Any
 
 import asyncpg
 
+from wallet.kinds import SYSTEM_ACCOUNTS
+
+_SYSTEM_NAMES = ", ".join(f"'system:{name}'" for name in SYSTEM_ACCOUNTS)
+
 # Each check is a set-based query returning the violating rows; a clean ledger returns none.
 VERIFY_CHECKS: dict[str, str] = {
     "every transaction's entries sum to 0 in each asset (at least two legs, one in its own asset)": """
@@ -69,6 +73,24 @@ VERIFY_CHECKS: dict[str, str] = {
          GROUP BY a.id
         HAVING a.balance <> 0 OR count(s.stripe) <> wallet_stripe_count() OR max(s.stripe) <> wallet_stripe_count() - 1
             OR sum(s.room) <> sum(s.balance) - a.balance_min OR sum(s.balance) < a.balance_min""",
+    "every asset has its system accounts (treasury, bonus_pool, revenue)": f"""
+        SELECT s.code AS asset, n.name
+          FROM assets s CROSS JOIN unnest(ARRAY[{_SYSTEM_NAMES}]) AS n (name)
+         WHERE NOT EXISTS (SELECT FROM accounts a WHERE a.asset = s.code AND a.name = n.name AND a.kind = 'system')""",
+    "every account's asset and user exist": """
+        SELECT a.name, a.asset FROM accounts a
+          LEFT JOIN assets s ON s.code = a.asset LEFT JOIN users u ON u.user_id = a.user_id
+         WHERE s.code IS NULL OR a.user_id IS NOT NULL AND u.user_id IS NULL""",
+    "every transfer moves its amount of its asset from its user to another user, in two legs": """
+        SELECT wallet_public_id(t.id) AS transaction, t.user_id, t.asset, t.amount,
+               array_agg(a.name || ' ' || a.asset || ' ' || e.amount ORDER BY e.leg) AS legs
+          FROM transactions t JOIN entries e ON e.transaction_id = t.id JOIN accounts a ON a.id = e.account_id
+         WHERE t.type = 'transfer'
+         GROUP BY t.id
+        HAVING count(*) <> 2
+            OR count(*) FILTER (WHERE a.name = 'user:' || t.user_id AND a.asset = t.asset AND e.amount = -t.amount) <> 1
+            OR count(*) FILTER (WHERE a.kind = 'user' AND a.name <> 'user:' || t.user_id AND a.asset = t.asset
+                                  AND e.amount = t.amount) <> 1""",
     "every stripe belongs to a system account": """
         SELECT s.account_id, s.stripe FROM account_stripes s JOIN accounts a ON a.id = s.account_id
          WHERE a.kind <> 'system'""",

@@ -71,7 +71,7 @@ async def read(request: Request, model: type[M]) -> M:
 async def read_optional(request: Request, model: type[M]) -> M:
     """A body that may be left out (or empty): the model's defaults then."""
     raw = await request.body()
-    if not raw.strip():
+    if not raw:  # whitespace is not left out: it is a body, and not JSON
         return model()
     return parse(raw, request.headers.get("content-type"), model)
 

@@ -12,6 +12,8 @@ class Asset(BaseModel):
     code: str = Field(examples=["GOLD"])
     name: str = Field(examples=["Gold Coins"])
     scale: int = Field(examples=[0])
+    transferable: bool = Field(examples=[False], description="Whether credits may move between users.")
+    expiry_days: int | None = Field(examples=[None], description="How long a credit lasts; null: for ever.")
 
 
 class AssetList(BaseModel):
@@ -76,6 +78,12 @@ class Transaction(BaseModel):
     refund_of: str | None = Field(examples=[None])
     hold_id: str | None = Field(examples=[None])
     created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    to_user_id: str | None = Field(
+        default=None, examples=["bob"], description="Transfers only: the receiver (`user_id` is the sender)."
+    )
+    to_balance_after: int | None = Field(
+        default=None, examples=[125], description="Transfers only: the receiver's balance after it."
+    )
 
 
 class TransactionPage(BaseModel):

@@ -1,5 +1,5 @@
-"""Money-moving requests: one route per posting kind of the registry (purchases with their rewards),
-adjustments, and batches of them (captures and refunds included)."""
+"""Money-moving requests: one route per posting kind of the registry (purchases with their rewards), transfers
+between users, adjustments, and batches of them (captures, refunds and transfers included)."""
 
 from typing import Any
 
@@ -16,17 +16,19 @@ from wallet.http.documents import BatchResponse, Transaction
 from wallet.http.openapi import responses
 from wallet.http.services import database
 from wallet.keys import ApiKey
-from wallet.kinds import KINDS, KINDS_BY_PATH
-from wallet.ledger import Adjustment, Capture, Movement, Posting, Refund, Reward
+from wallet.kinds import KINDS, KINDS_BY_PATH, POSTING_SCOPES, TRANSFER
+from wallet.ledger import Adjustment, Capture, Movement, Posting, Refund, Reward, Transfer
 from wallet.models import (
     AdjustmentRequest,
     BatchBody,
     BatchCapture,
-    BatchOperation,
+    BatchItem,
     BatchRefund,
     BatchRequest,
+    BatchTransfer,
     MovementRequest,
     PurchaseRequest,
+    TransferRequest,
     operation,
 )
 from wallet.render import parse_public_id
@@ -94,6 +96,25 @@ for _kind in KINDS.values():
     )
 
 
+def transfer_of(sent: TransferRequest) -> Transfer:
+    return Transfer(sent.from_user_id, sent.to_user_id, sent.asset, sent.amount, sent.description, sent.metadata)
+
+
+@router.post(
+    TRANSFER.path,
+    response_model=Transaction,
+    status_code=201,
+    summary=TRANSFER.summary,
+    description="The transaction is the sender's: `user_id` and `balance_after` are the sender's, `to_user_id` and"
+    " `to_balance_after` the receiver's. The receiver may be frozen (a credit); the sender may not.",
+    openapi_extra={**openapi.body(TransferRequest), "parameters": [openapi.IDEMPOTENCY_KEY_HEADER]},
+    responses=with_link(responses(201, Transaction, "Posted.", *POSTING_CODES, *TRANSFER.codes)),
+)
+async def transfer(request: Request, key: ApiKey = Depends(require(TRANSFER.scope))) -> Response:
+    sent = await body.read(request, TransferRequest)
+    return await answers.posting(request, key, transfer_of(sent))
+
+
 @router.post(
     "/v1/adjustments",
     response_model=Transaction,
@@ -110,8 +131,10 @@ async def adjust(request: Request, key: ApiKey = Depends(require("admin"))) -> R
     return await answers.posting(request, key, Adjustment(sent.reason, entries, sent.metadata))
 
 
-def _posting_of(op: BatchOperation | BatchCapture | BatchRefund) -> tuple[str, Posting]:
+def _posting_of(op: BatchItem) -> tuple[str, Posting]:
     """The scope an item needs, and its posting."""
+    if isinstance(op, BatchTransfer):
+        return TRANSFER.scope, transfer_of(op)
     if isinstance(op, BatchCapture):
         hold_id = parse_public_id(op.hold_id, "hold")
         assert hold_id is not None  # the pattern admits only ids this service hands out
@@ -123,9 +146,9 @@ def _posting_of(op: BatchOperation | BatchCapture | BatchRefund) -> tuple[str, P
     return KINDS[op.type].scope, movement(op.type, op)
 
 
-def _operations(sent: BatchBody) -> list[BatchOperation | BatchCapture | BatchRefund]:
+def _operations(sent: BatchBody) -> list[BatchItem]:
     """Each item validated by its type; a problem names the item's fields (operations.3.amount)."""
-    parsed: list[BatchOperation | BatchCapture | BatchRefund] = []
+    parsed: list[BatchItem] = []
     errors: list[Any] = []
     for index, data in enumerate(sent.operations):
         try:
@@ -163,7 +186,7 @@ def _operations(sent: BatchBody) -> list[BatchOperation | BatchCapture | BatchRe
         200, BatchResponse, "One result per operation, in request order.", "validation_error", "payload_too_large"
     ),
 )
-async def batch(request: Request, key: ApiKey = Depends(require(*(kind.scope for kind in KINDS.values())))) -> Response:
+async def batch(request: Request, key: ApiKey = Depends(require(*POSTING_SCOPES))) -> Response:
     sent = await body.read(request, BatchBody)
     operations = _operations(sent)
     scoped = [_posting_of(op) for op in operations]

@@ -26,7 +26,7 @@ read = [Depends(require("read"))]
     tags=["users"],
     openapi_extra=openapi.body(UserRequest, required=False),
     responses={
-        **responses(201, User, "Created, with one account per asset.", "validation_error"),
+        **responses(201, User, "Created; its accounts appear with their first credits.", "validation_error"),
         200: {
             "model": User,
             "description": "The user was already there. A `display_name` in the body is set (null clears it); "

@@ -1,0 +1,18 @@
+"""Asset policies: assets created and changed at runtime (transferable, expiry_days), user accounts opened on
+first use, transfers between users (scope `transfer`).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-02
+"""
+
+from wallet.migrations.sql import run_sql_beside
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql_beside(__file__)
