@@ -1,7 +1,8 @@
 """python -m bench.generate: a large, consistent ledger made in SQL, then reads measured on it.
 
 Set-based: each chunk is a few INSERT ... SELECT over generate_series. Users u1..uN take turns by chance (u1
-has 1% of all transactions, u2..u101 9% between them, the rest spread evenly), on GOLD, DIAMOND or LOYALTY.
+has 2% of all transactions, `--whale-share`: 100,000 of the 5M of 10M entries; u2..u101 9% between them, the rest
+spread evenly), on GOLD, DIAMOND or LOYALTY.
 Each user account alternates top-up, purchase, top-up, ... with amounts fixed per account (top-up > purchase),
 so the balance after its k-th entry is a closed form of k: never negative, exact in order, no running sums.
 System accounts get the other legs, on stripe 0 with the stripe's running balance (migration 0005: a system leg
@@ -29,8 +30,8 @@ CHUNK_SQL = """
 CREATE TEMP TABLE gen_chunk AS
 WITH picked AS (
     SELECT t,
-           CASE WHEN r < 0.01 THEN 1
-                WHEN r < 0.10 THEN 2 + floor(random() * 100)::int
+           CASE WHEN r < %(whale_share)s THEN 1
+                WHEN r < %(whale_share)s + 0.09 THEN 2 + floor(random() * 100)::int
                 ELSE 1 + floor(random() * %(users)s)::int END AS uno,
            CASE WHEN r2 < 0.6 THEN 'GOLD' WHEN r2 < 0.8 THEN 'DIAMOND' ELSE 'LOYALTY' END AS asset
       FROM (SELECT t, random() AS r, random() AS r2 FROM generate_series(%(lo)s::bigint, %(hi)s) t) s
@@ -83,7 +84,7 @@ def progress(done: int, total: int, started: float) -> None:
     )
 
 
-def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: int) -> float:
+def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: int, whale_share: float) -> float:
     """Adds `entries` entries (two per transaction) for users u1..u<users>; returns the seconds it took."""
     started = time.monotonic()
     transactions = entries // 2
@@ -120,7 +121,10 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
         hi = min(lo + chunk - 1, transactions)
         with conn.transaction():
             for statement in CHUNK_STATEMENTS:
-                conn.execute(statement, {"users": users, "lo": lo, "hi": hi, "base": base, "start": start})
+                conn.execute(
+                    statement,
+                    {"users": users, "lo": lo, "hi": hi, "base": base, "start": start, "whale_share": whale_share},
+                )
         progress(2 * hi, 2 * transactions, started)
     print("   balances, sequence, indexes, vacuum ...", flush=True)
     with conn.transaction():
@@ -188,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=10_000_000, help="entries to generate (default 10M)")
     parser.add_argument("--users", type=int, default=100_000, help="users (default 100,000)")
+    parser.add_argument(
+        "--whale-share", type=float, default=0.02, help=f"{WHALE}'s share of the transactions (default 0.02)"
+    )
     parser.add_argument("--chunk", type=int, default=1_000_000, help="entries per chunk (default 1M)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per read scenario (default 10)")
     parser.add_argument(
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             data.create_users(conn, args.users)
             print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
-            seconds = generate(conn, args.entries, args.users, args.chunk)
+            seconds = generate(conn, args.entries, args.users, args.chunk, args.whale_share)
             print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
             cursor, whale_entries = deep_cursor(conn)
             span = created_span(conn)
