@@ -16,6 +16,8 @@ key triggers are skipped (session_replication_role = replica): `wallet verify` c
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 
@@ -23,6 +25,7 @@ from bench import data
 from bench.load import LoadResult, Monitor, run_wrk
 from bench.report import machine, save, server_settings, table
 from bench.target import Target, bench_database, running_server
+from wallet import statistics
 
 WHALE = "u1"
 
@@ -157,6 +160,21 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
     return time.monotonic() - started
 
 
+def roll_up(conn: psycopg.Connection) -> float:
+    """Rolls the generated entries up for statistics, as the service's maintenance loop would after a bulk load
+    (round after round until caught up); returns the seconds it took."""
+    started = time.monotonic()
+    conn.execute("SET statement_timeout = 0")
+    while True:
+        row = conn.execute(
+            "SELECT wallet_statistics_rollup(%s, %s)", (statistics.ROLLUP_IDS_MAX, statistics.ROLLUP_CHUNK)
+        ).fetchone()
+        if row is None or row[0] == 0:
+            break
+    conn.execute("VACUUM (ANALYZE) statistics_chunks")
+    return time.monotonic() - started
+
+
 def deep_cursor(conn: psycopg.Connection) -> tuple[str, int]:
     """A cursor half-way down the whale's GOLD history, and how many entries that history has."""
     row = conn.execute(
@@ -188,6 +206,12 @@ def created_span(conn: psycopg.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+@contextmanager
+def reused(url: str) -> Iterator[Target]:
+    """A ledger generated before and kept: migrated to the current revision by `wallet seed`, never dropped."""
+    yield Target(url, {"WALLET_DATABASE_URL": url}, f"reused {url}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=10_000_000, help="entries to generate (default 10M)")
@@ -203,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="wallet serve --workers (default 2)")
     parser.add_argument("--no-reads", action="store_true", help="generate and verify only")
+    parser.add_argument("--reuse", metavar="URL", help="read a ledger generated before (kept with --keep)")
+    parser.add_argument("--only", metavar="TEXT", help="only the read scenarios whose name contains TEXT")
     parser.add_argument("--embedded", action="store_true", help="a fresh embedded PostgreSQL in a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     return parser.parse_args(argv)
@@ -218,7 +244,14 @@ def reads(args: argparse.Namespace, target: Target, cursor: str, span: tuple[int
         "balances as of an instant (all assets)": "/v1/users/{user}/balances?as_of={at}",
         "history, first page": "/v1/users/{user}/transactions",
         f"history, deep page ({WHALE})": f"/v1/users/{WHALE}/transactions?asset=GOLD&cursor={cursor}",
+        "statistics, all time": "/v1/users/{user}/statistics",
+        "statistics, to an instant": "/v1/users/{user}/statistics?to={at}",
+        f"statistics, all time ({WHALE})": f"/v1/users/{WHALE}/statistics",
+        f"statistics, from an instant ({WHALE})": f"/v1/users/{WHALE}/statistics?from={{at}}",
+        f"statistics, to an instant ({WHALE})": f"/v1/users/{WHALE}/statistics?to={{at}}",
     }
+    if args.only:
+        paths = {scenario: path for scenario, path in paths.items() if args.only in scenario}
     results = []
     with running_server(target, args.workers) as server:
         for connections in [int(c) for c in args.connections.split(",")]:
@@ -251,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     results: list[LoadResult] = []
-    with bench_database(args.embedded, args.keep) as target:
+    seconds = rollup_seconds = 0.0
+    with reused(args.reuse) if args.reuse else bench_database(args.embedded, args.keep) as target:
         print(f"-- database: {target.description}; wallet seed (migrations, assets, system accounts)", flush=True)
         seeded = target.wallet("seed")
         if seeded.returncode != 0:
@@ -259,11 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         with target.connect() as conn:
             settings = server_settings(conn)
             print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
-            started = time.monotonic()
-            data.create_users(conn, args.users)
-            print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
-            seconds = generate(conn, args.entries, args.users, args.chunk, args.whale_share)
-            print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
+            if not args.reuse:
+                started = time.monotonic()
+                data.create_users(conn, args.users)
+                print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,}")
+                seconds = generate(conn, args.entries, args.users, args.chunk, args.whale_share)
+                print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
+            rollup_seconds = roll_up(conn)
+            print(f"   rolled up for statistics in {rollup_seconds:.0f} s")
             cursor, whale_entries = deep_cursor(conn)
             span = created_span(conn)
         if not args.no_reads:
@@ -283,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": settings,
         "args": vars(args),
         "generate_seconds": round(seconds, 1),
+        "rollup_seconds": round(rollup_seconds, 1),
         "whale_gold_entries": whale_entries,
         "verify": verify.stdout,
         "problems": problems,
