@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 peak = sampler.peak_mb
     rows = lines - 1
     print(
-        f"statement of {WHALE}: {rows:,} rows, {size / 2**20:,.0f} MiB in {seconds:.1f} s ({rows / seconds:,.0f} rows/s),"
+        f"statement of {WHALE}: {rows:,} rows, {size / 2**20:,.0f} MiB in {seconds:.1f} s"
+        f" ({rows / seconds:,.0f} rows/s),"
         f" first byte after {1000 * (first_byte_s or 0):.0f} ms\n"
         f"worker RSS: before {before:.1f} MB, peak during {peak:.1f} MB, after {after:.1f} MB"
     )
