@@ -1,7 +1,7 @@
 """python -m bench.statement: a long statement streamed through `wallet serve`, and the worker's memory meanwhile.
 
 On a ledger generated before and kept (`python -m bench.generate --keep`), optionally grown first (`--grow N`: N more
-entries, half of them on the whale u1's accounts), starts `wallet serve --workers 1`, reads a few small answers to
+entries, half of them on the whale u1's accounts), starts `wallet serve --workers 2`, reads a few small answers to
 warm the worker up, then streams GET /v1/users/u1/statement.csv to the end, sampling the worker's RSS every 50 ms:
 before, the peak during, and after. Rows are counted as they arrive (the generated descriptions are empty, so a row is
 a line).
@@ -59,16 +59,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"-- adding {args.grow:,} entries to {WHALE}", flush=True)
                 seconds = generate(conn, args.grow, 1, 1_000_000, 1.0)  # one user, u1, takes every transaction
                 print(f"   in {seconds:.0f} s; rolled up in {roll_up(conn):.0f} s", flush=True)
-        with running_server(target, 1) as server:
-            worker = server.worker_processes()[0]
+        with running_server(target, 2) as server:  # uvicorn runs one worker in its own process, unseen
             headers = {"Authorization": f"Bearer {server.api_key}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=60) as http:
                 for _ in range(50):
                     http.get(f"/v1/users/{WHALE}/statistics").raise_for_status()
                     http.get("/v1/users/u2/statement.csv").raise_for_status()
                 time.sleep(1)
-                with RssSampler(worker) as sampler:
-                    before = sampler.now_mb()
+                samplers = [RssSampler(worker) for worker in server.worker_processes()]
+                before = [sampler.now_mb() for sampler in samplers]
+                with samplers[0], samplers[1]:
                     started = time.monotonic()
                     lines = 0
                     size = 0
@@ -82,14 +82,17 @@ def main(argv: list[str] | None = None) -> int:
                             size += len(chunk)
                     seconds = time.monotonic() - started
                     time.sleep(1)
-                    after = sampler.now_mb()
-                peak = sampler.peak_mb
+                after = [sampler.now_mb() for sampler in samplers]
+                peak = [sampler.peak_mb for sampler in samplers]
     rows = lines - 1
     print(
         f"statement of {WHALE}: {rows:,} rows, {size / 2**20:,.0f} MiB in {seconds:.1f} s"
         f" ({rows / seconds:,.0f} rows/s),"
         f" first byte after {1000 * (first_byte_s or 0):.0f} ms\n"
-        f"worker RSS: before {before:.1f} MB, peak during {peak:.1f} MB, after {after:.1f} MB"
+        + "\n".join(
+            f"worker {i + 1} RSS: before {b:.1f} MB, peak during {p:.1f} MB, after {a:.1f} MB"
+            for i, (b, p, a) in enumerate(zip(before, peak, after, strict=True))
+        )
     )
     return 0
 

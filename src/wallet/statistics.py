@@ -157,7 +157,9 @@ async def get_statistics(
 
 # Oldest first: each account's entries in id order (the order they applied, which creation times follow), merged
 # across the user's accounts by id. One ordered index scan per account, merged (Merge Append): rows flow at once,
-# with no sort of the whole statement. Ranges: the rollup's chunks bound where the window starts and ends.
+# with no sort of the whole statement, each entry's transaction by its primary key (OFFSET 0: never a hash of all
+# transactions, which the planner chose for long histories). The rollup's chunks bound where the window starts and
+# ends.
 _STATEMENT_ACCOUNT_SQL = """
 (SELECT e.transaction_id, e.leg, e.amount, e.balance_after, '{asset}'::text AS asset
    FROM entries e
@@ -171,7 +173,8 @@ _STATEMENT_ACCOUNT_SQL = """
 _STATEMENT_SQL = """
 SELECT t.created_at, e.transaction_id, t.type, e.asset, e.amount, e.balance_after, t.description
   FROM ({entries}) e
-  JOIN transactions t ON t.id = e.transaction_id
+ CROSS JOIN LATERAL (SELECT x.created_at, x.type, x.description FROM transactions x
+                      WHERE x.id = e.transaction_id OFFSET 0) t
  WHERE ($1::timestamptz IS NULL OR t.created_at >= $1) AND ($2::timestamptz IS NULL OR t.created_at < $2)
  ORDER BY e.transaction_id, e.leg
 """
