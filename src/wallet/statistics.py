@@ -135,16 +135,15 @@ async def get_statistics(
     and amounts, both positive), the net change by transaction type, the first and last entry's times, and the
     balance at the end of the window (now, without an end)."""
 
-    async def read(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    async def read(conn: asyncpg.Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
         async with conn.transaction(isolation="repeatable_read", readonly=True):  # one snapshot for every asset
             accounts = await _accounts(conn, user_id, asset)
             ids = [row["account_id"] for row in accounts if row["account_id"] is not None]
-            return [*accounts, *await conn.fetch(_STATISTICS_SQL, ids, start, end)]
+            return accounts, await conn.fetch(_STATISTICS_SQL, ids, start, end)
 
-    rows = await database.run(read)
-    accounts = [row for row in rows if "user_exists" in row]
+    accounts, tallies = await database.run(read)
     by_account: dict[int, list[asyncpg.Record]] = {}
-    for row in rows[len(accounts) :]:
+    for row in tallies:
         by_account.setdefault(row["account_id"], []).append(row)
     document = {
         "user_id": user_id,
