@@ -1,7 +1,7 @@
 """A user's statistics over a window, and statements: every entry of the user's accounts in a window, as CSV,
 streamed from a server-side cursor in constant memory.
 
-Statistics read the rollup that the maintenance loop keeps (statistics_chunks, migration 0006) plus the raw entries
+Statistics read the rollup that the maintenance loop keeps (statistics_chunks, migration 0007) plus the raw entries
 it does not cover, so they are exact at every moment and their cost does not grow with the history.
 """
 
