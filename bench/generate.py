@@ -1,7 +1,8 @@
 """python -m bench.generate: a large, consistent ledger made in SQL, then reads measured on it.
 
 Set-based: each chunk is a few INSERT ... SELECT over generate_series. Users u1..uN take turns by chance (u1
-has 1% of all transactions, u2..u101 9% between them, the rest spread evenly), on GOLD, DIAMOND or LOYALTY.
+has 2% of all transactions, `--whale-share`: 100,000 of the 5M of 10M entries; u2..u101 9% between them, the rest
+spread evenly), on GOLD, DIAMOND or LOYALTY.
 Each user account alternates top-up, purchase, top-up, ... with amounts fixed per account (top-up > purchase),
 so the balance after its k-th entry is a closed form of k: never negative, exact in order, no running sums.
 System accounts get the other legs, on stripe 0 with the stripe's running balance (migration 0005: a system leg
@@ -15,6 +16,8 @@ key triggers are skipped (session_replication_role = replica): `wallet verify` c
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 
@@ -22,6 +25,7 @@ from bench import data
 from bench.load import LoadResult, Monitor, run_wrk
 from bench.report import machine, save, server_settings, table
 from bench.target import Target, bench_database, running_server
+from wallet import statistics
 
 WHALE = "u1"
 
@@ -29,8 +33,8 @@ CHUNK_SQL = """
 CREATE TEMP TABLE gen_chunk AS
 WITH picked AS (
     SELECT t,
-           CASE WHEN r < 0.01 THEN 1
-                WHEN r < 0.10 THEN 2 + floor(random() * 100)::int
+           CASE WHEN r < %(whale_share)s THEN 1
+                WHEN r < %(whale_share)s + 0.09 THEN 2 + floor(random() * 100)::int
                 ELSE 1 + floor(random() * %(users)s)::int END AS uno,
            CASE WHEN r2 < 0.6 THEN 'GOLD' WHEN r2 < 0.8 THEN 'DIAMOND' ELSE 'LOYALTY' END AS asset
       FROM (SELECT t, random() AS r, random() AS r2 FROM generate_series(%(lo)s::bigint, %(hi)s) t) s
@@ -83,7 +87,7 @@ def progress(done: int, total: int, started: float) -> None:
     )
 
 
-def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: int) -> float:
+def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: int, whale_share: float) -> float:
     """Adds `entries` entries (two per transaction) for users u1..u<users>; returns the seconds it took."""
     started = time.monotonic()
     transactions = entries // 2
@@ -120,7 +124,10 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
         hi = min(lo + chunk - 1, transactions)
         with conn.transaction():
             for statement in CHUNK_STATEMENTS:
-                conn.execute(statement, {"users": users, "lo": lo, "hi": hi, "base": base, "start": start})
+                conn.execute(
+                    statement,
+                    {"users": users, "lo": lo, "hi": hi, "base": base, "start": start, "whale_share": whale_share},
+                )
         progress(2 * hi, 2 * transactions, started)
     print("   balances, sequence, indexes, vacuum ...", flush=True)
     with conn.transaction():
@@ -150,6 +157,21 @@ def generate(conn: psycopg.Connection, entries: int, users: int, chunk_entries: 
         conn.execute(definition)
     conn.execute("RESET session_replication_role")
     conn.execute("VACUUM (ANALYZE) transactions, entries, accounts, users")
+    return time.monotonic() - started
+
+
+def roll_up(conn: psycopg.Connection) -> float:
+    """Rolls the generated entries up for statistics, as the service's maintenance loop would after a bulk load
+    (round after round until caught up); returns the seconds it took."""
+    started = time.monotonic()
+    conn.execute("SET statement_timeout = 0")
+    while True:
+        row = conn.execute(
+            "SELECT wallet_statistics_rollup(%s, %s)", (statistics.ROLLUP_IDS_MAX, statistics.ROLLUP_CHUNK)
+        ).fetchone()
+        if row is None or row[0] == 0:
+            break
+    conn.execute("VACUUM (ANALYZE) statistics_chunks")
     return time.monotonic() - started
 
 
@@ -184,10 +206,19 @@ def created_span(conn: psycopg.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+@contextmanager
+def reused(url: str) -> Iterator[Target]:
+    """A ledger generated before and kept: migrated to the current revision by `wallet seed`, never dropped."""
+    yield Target(url, {"WALLET_DATABASE_URL": url}, f"reused {url}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=10_000_000, help="entries to generate (default 10M)")
     parser.add_argument("--users", type=int, default=100_000, help="users (default 100,000)")
+    parser.add_argument(
+        "--whale-share", type=float, default=0.02, help=f"{WHALE}'s share of the transactions (default 0.02)"
+    )
     parser.add_argument("--chunk", type=int, default=1_000_000, help="entries per chunk (default 1M)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per read scenario (default 10)")
     parser.add_argument(
@@ -196,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="wallet serve --workers (default 2)")
     parser.add_argument("--no-reads", action="store_true", help="generate and verify only")
+    parser.add_argument("--reuse", metavar="URL", help="read a ledger generated before (kept with --keep)")
+    parser.add_argument("--only", metavar="TEXT", help="only the read scenarios whose name contains TEXT")
     parser.add_argument("--embedded", action="store_true", help="a fresh embedded PostgreSQL in a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     return parser.parse_args(argv)
@@ -211,7 +244,14 @@ def reads(args: argparse.Namespace, target: Target, cursor: str, span: tuple[int
         "balances as of an instant (all assets)": "/v1/users/{user}/balances?as_of={at}",
         "history, first page": "/v1/users/{user}/transactions",
         f"history, deep page ({WHALE})": f"/v1/users/{WHALE}/transactions?asset=GOLD&cursor={cursor}",
+        "statistics, all time": "/v1/users/{user}/statistics",
+        "statistics, to an instant": "/v1/users/{user}/statistics?to={at}",
+        f"statistics, all time ({WHALE})": f"/v1/users/{WHALE}/statistics",
+        f"statistics, from an instant ({WHALE})": f"/v1/users/{WHALE}/statistics?from={{at}}",
+        f"statistics, to an instant ({WHALE})": f"/v1/users/{WHALE}/statistics?to={{at}}",
     }
+    if args.only:
+        paths = {scenario: path for scenario, path in paths.items() if args.only in scenario}
     results = []
     with running_server(target, args.workers) as server:
         for connections in [int(c) for c in args.connections.split(",")]:
@@ -244,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     results: list[LoadResult] = []
-    with bench_database(args.embedded, args.keep) as target:
+    seconds = rollup_seconds = 0.0
+    with reused(args.reuse) if args.reuse else bench_database(args.embedded, args.keep) as target:
         print(f"-- database: {target.description}; wallet seed (migrations, assets, system accounts)", flush=True)
         seeded = target.wallet("seed")
         if seeded.returncode != 0:
@@ -252,11 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         with target.connect() as conn:
             settings = server_settings(conn)
             print("   server: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
-            started = time.monotonic()
-            data.create_users(conn, args.users)
-            print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,} entries")
-            seconds = generate(conn, args.entries, args.users, args.chunk)
-            print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
+            if not args.reuse:
+                started = time.monotonic()
+                data.create_users(conn, args.users)
+                print(f"-- {args.users:,} users in {time.monotonic() - started:.1f} s; generating {args.entries:,}")
+                seconds = generate(conn, args.entries, args.users, args.chunk, args.whale_share)
+                print(f"   generated {args.entries:,} entries in {seconds:.0f} s ({args.entries / seconds:,.0f}/s)")
+            rollup_seconds = roll_up(conn)
+            print(f"   rolled up for statistics in {rollup_seconds:.0f} s")
             cursor, whale_entries = deep_cursor(conn)
             span = created_span(conn)
         if not args.no_reads:
@@ -276,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": settings,
         "args": vars(args),
         "generate_seconds": round(seconds, 1),
+        "rollup_seconds": round(rollup_seconds, 1),
         "whale_gold_entries": whale_entries,
         "verify": verify.stdout,
         "problems": problems,

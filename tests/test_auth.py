@@ -18,6 +18,8 @@ ROUTES: dict[str, str] = {
     "GET /v1/users/{user}/balances": "read",
     "GET /v1/users/{user}/balances/GOLD": "read",
     "GET /v1/users/{user}/transactions": "read",
+    "GET /v1/users/{user}/statistics": "read",
+    "GET /v1/users/{user}/statement.csv": "read",
     "GET /v1/transactions/tx_7fffffffffffffff": "read",
     "POST /v1/topups": "topup",
     "POST /v1/bonuses": "bonus",

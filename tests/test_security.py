@@ -37,6 +37,8 @@ ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/users/{user_id}/balances"): {"read"},
     ("GET", "/v1/users/{user_id}/balances/{asset}"): {"read"},
     ("GET", "/v1/users/{user_id}/transactions"): {"read"},
+    ("GET", "/v1/users/{user_id}/statistics"): {"read"},
+    ("GET", "/v1/users/{user_id}/statement.csv"): {"read"},
     ("GET", "/v1/transactions/{transaction_id}"): {"read"},
     ("POST", "/v1/topups"): {"topup"},
     ("POST", "/v1/bonuses"): {"bonus"},

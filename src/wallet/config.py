@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         le=3_600_000,
         description="How often each worker marks holds past their expiry (they stop counting at once regardless).",
     )
+    statistics_rollup_interval_ms: int = Field(
+        default=1_000,
+        ge=10,
+        le=3_600_000,
+        description="How often a worker rolls new entries up for statistics (they are exact without it, only slower).",
+    )
     group_commit_items_max: int = Field(
         default=64, ge=1, le=1000, description="Requests of a worker that may share one transaction; 1 = off."
     )

@@ -1,12 +1,14 @@
 """What every worker does in the background, beside the requests: idempotency keys past their retention are
-purged, and holds past their expiry are marked expired (readers and writers treat them as expired at once; this
-only tidies up and releases what they held on the account)."""
+purged, holds past their expiry are marked expired (readers and writers treat them as expired at once; this
+only tidies up and releases what they held on the account), and new entries are rolled up for statistics (which
+are exact without it, only slower)."""
 
 import asyncio
 import logging
 
 import asyncpg
 
+from wallet import statistics
 from wallet.config import Settings
 from wallet.database import Database
 from wallet.errors import WalletError
@@ -52,5 +54,21 @@ async def expiry_loop(database: Database, interval_s: float) -> None:
             await asyncio.sleep(RETRY_S)
 
 
+async def statistics_loop(database: Database, interval_s: float) -> None:
+    """Rolls up new entries for statistics, every interval (at once again while behind). One worker at a time does
+    the work; the others find the rollup taken and wait for the next interval."""
+    while True:
+        try:
+            looked_at = await database.run(statistics.rollup)
+            await asyncio.sleep(0 if looked_at >= statistics.ROLLUP_IDS_MAX else interval_s)
+        except WalletError as exc:
+            log.warning("statistics rollup skipped: %s", exc.detail)
+            await asyncio.sleep(RETRY_S)
+
+
 async def maintain(database: Database, settings: Settings) -> None:
-    await asyncio.gather(purge_loop(database, settings), expiry_loop(database, settings.hold_expiry_interval_ms / 1000))
+    await asyncio.gather(
+        purge_loop(database, settings),
+        expiry_loop(database, settings.hold_expiry_interval_ms / 1000),
+        statistics_loop(database, settings.statistics_rollup_interval_ms / 1000),
+    )

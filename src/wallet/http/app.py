@@ -12,10 +12,18 @@ from wallet import __version__, ledger, maintenance
 from wallet.config import Settings, get_settings
 from wallet.http import openapi, problems
 from wallet.http.envelope import Envelope
-from wallet.http.routes import assets, health, holds, movements, transactions, users
+from wallet.http.routes import assets, health, holds, movements, statistics, transactions, users
 from wallet.http.services import Services
 
-ROUTERS = (health.router, assets.router, users.router, movements.router, holds.router, transactions.router)
+ROUTERS = (
+    health.router,
+    assets.router,
+    users.router,
+    statistics.router,
+    movements.router,
+    holds.router,
+    transactions.router,
+)
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:

@@ -141,3 +141,28 @@ class BatchResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unavailable"]
+
+
+class Tally(BaseModel):
+    count: int = Field(examples=[3])
+    amount: int = Field(examples=[1500])
+
+
+class AssetStatistics(BaseModel):
+    asset: str = Field(examples=["GOLD"])
+    balance: int = Field(examples=[1100], description="Posted, at the end of the window (now, without `to`).")
+    credits: Tally = Field(description="Entries that raised the balance; amount positive.")
+    debits: Tally = Field(description="Entries that lowered the balance; amount positive.")
+    by_type: dict[str, Tally] = Field(
+        examples=[{"topup": {"count": 2, "amount": 1500}, "purchase": {"count": 1, "amount": -400}}],
+        description="Per transaction type: entries, and the net change they made (credits - debits).",
+    )
+    first_at: str | None = Field(examples=[TIMESTAMP_EXAMPLE], description="The window's first entry.")
+    last_at: str | None = Field(examples=[TIMESTAMP_EXAMPLE], description="The window's last entry.")
+
+
+class Statistics(BaseModel):
+    user_id: str = Field(examples=["alice"])
+    from_: str | None = Field(alias="from", examples=[None], description="The window's start, included.")
+    to: str | None = Field(examples=[None], description="The window's end, excluded.")
+    assets: list[AssetStatistics]
