@@ -73,7 +73,7 @@ VERIFY_CHECKS: dict[str, str] = {
          GROUP BY a.id
         HAVING a.balance <> 0 OR count(s.stripe) <> wallet_stripe_count() OR max(s.stripe) <> wallet_stripe_count() - 1
             OR sum(s.room) <> sum(s.balance) - a.balance_min OR sum(s.balance) < a.balance_min""",
-    "every asset has its system accounts (treasury, bonus_pool, revenue)": f"""
+    f"every asset has its system accounts ({', '.join(SYSTEM_ACCOUNTS)})": f"""
         SELECT s.code AS asset, n.name
           FROM assets s CROSS JOIN unnest(ARRAY[{_SYSTEM_NAMES}]) AS n (name)
          WHERE NOT EXISTS (SELECT FROM accounts a WHERE a.asset = s.code AND a.name = n.name AND a.kind = 'system')""",

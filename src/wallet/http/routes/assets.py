@@ -9,6 +9,7 @@ from wallet.http.documents import Asset, AssetList
 from wallet.http.openapi import responses
 from wallet.http.routes.params import AssetPath
 from wallet.http.services import database
+from wallet.kinds import SYSTEM_ACCOUNTS
 from wallet.models import AssetRequest
 
 router = APIRouter(tags=["assets"])
@@ -29,7 +30,7 @@ async def list_assets(request: Request) -> Response:
     "/v1/assets/{code}",
     response_model=Asset,
     summary="Create an asset, or change its name and policies",
-    description="Created with its system accounts (treasury, bonus_pool, revenue); user accounts appear with their"
+    description=f"Created with its system accounts ({', '.join(SYSTEM_ACCOUNTS)}); user accounts appear with their"
     " first credit. On creation a field left out takes its default (scale 0, not transferable, no expiry); on a"
     " change it stays as it is, and `expiry_days: null` removes the expiry. The scale cannot change: another scale"
     " than the asset's is a 409 `asset_scale_immutable`.",
