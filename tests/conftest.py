@@ -118,9 +118,9 @@ async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[ht
         yield http
 
 
-@pytest.fixture(scope="session")
-def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
-    """A real `wallet serve` process (two workers) on the test database; yields its base URL."""
+@contextlib.contextmanager
+def serving(database_url: str) -> Iterator[str]:
+    """A real `wallet serve` process (two workers) on `database_url`; yields its base URL, stops it after."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="wallet-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
@@ -149,13 +149,22 @@ def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
             process.kill()
             raise RuntimeError("wallet serve did not start:\n" + Path(log.name).read_text())
         time.sleep(0.2)
-    yield base
-    process.terminate()
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    Path(log.name).unlink(missing_ok=True)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        Path(log.name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, db: asyncpg.Connection) -> Iterator[str]:
+    """A real `wallet serve` process (two workers) on the test database; yields its base URL."""
+    with serving(database_url) as base:
+        yield base
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ The schemathesis part runs `st run --checks all` through every phase (examples, 
 against a real `wallet serve` process with an admin key, after the served document passed an OpenAPI validator.
 """
 
+import asyncio
 import json
 import math
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,11 @@ from hypothesis import strategies as st
 from openapi_spec_validator import validate
 from pydantic import ValidationError
 
-from tests.conftest import Keys
+from tests.conftest import serving
+from tests.support import own_database, wallet_verify
+from wallet import keys
+from wallet.config import Settings
+from wallet.database import connect, migrate
 from wallet.errors import ValidationFailed
 from wallet.http import body
 from wallet.models import (
@@ -33,6 +39,7 @@ from wallet.models import (
     MovementRequest,
     UserRequest,
 )
+from wallet.seed import seed
 
 REQUESTS_MIN = 500  # test cases schemathesis generates, at least
 SCHEMATHESIS_EXAMPLES = 40  # per operation and phase
@@ -56,11 +63,33 @@ def test_the_served_openapi_document_is_valid_and_every_reference_resolves(serve
         assert name in document["components"]["schemas"], name
 
 
-def test_schemathesis_every_check_every_phase(server: str, api_keys: Keys, tmp_path: Path) -> None:
+@pytest.fixture
+def fuzzed(server_url: str) -> Iterator[tuple[str, str, str]]:
+    """A `wallet serve` on a database of its own, and an admin key: an admin fuzzed by schemathesis changes asset
+    policies (`PUT /v1/assets/GOLD` making the seeded GOLD transferable, say), which other tests rely on. Yields the
+    database URL, the server's base URL and the key's secret."""
+    with own_database(server_url, "wallet_fuzz") as database_url:
+        migrate(database_url)
+
+        async def setup() -> str:
+            conn = await connect(database_url, Settings(database_url=database_url))
+            try:
+                await seed(conn)
+                return await keys.create(conn, "fuzz-admin", ["admin"])
+            finally:
+                await conn.close()
+
+        secret = asyncio.run(setup())
+        with serving(database_url) as base:
+            yield database_url, base, secret
+
+
+def test_schemathesis_every_check_every_phase(fuzzed: tuple[str, str, str], tmp_path: Path) -> None:
     """`st run --checks all` through every phase, the stateful one included, against a real `wallet serve`: no 5xx,
     every status and body as documented, valid data accepted and invalid data refused, auth enforced, Allow
-    headers right. The document is given without its examples, so that fuzzing never moves the seeded users'
-    money (`alice`...)."""
+    headers right; and `wallet verify` finds the fuzzed ledger consistent after. The document is given without
+    its examples, so that fuzzing never moves the seeded users' money (`alice`...)."""
+    database_url, server, secret = fuzzed
     served = requests.get(f"{server}/openapi.json", timeout=30)
     document = tmp_path / "openapi.json"
     document.write_bytes(orjson.dumps(_without_examples(served.json())))
@@ -79,7 +108,7 @@ def test_schemathesis_every_check_every_phase(server: str, api_keys: Keys, tmp_p
         "--max-examples",
         str(SCHEMATHESIS_EXAMPLES),
         "--header",
-        f"Authorization: {api_keys.headers('admin')['Authorization']}",
+        f"Authorization: Bearer {secret}",
         "--workers",  # one: CPython 3.11's ast.parse is not thread-safe, and Hypothesis parses lambdas with it
         "1",
         "--no-color",
@@ -90,6 +119,8 @@ def test_schemathesis_every_check_every_phase(server: str, api_keys: Keys, tmp_p
     assert done.returncode == 0, done.stdout[-20_000:] + done.stderr[-5_000:]
     generated = re.search(r"(\d+) generated", summary)
     assert generated and int(generated.group(1)) >= REQUESTS_MIN, summary
+    verified = wallet_verify(database_url)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 # --- Hypothesis properties of the validators ----------------------------------------------------------------------
