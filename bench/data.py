@@ -54,8 +54,8 @@ def create_users(conn: psycopg.Connection, count: int) -> None:
                INSERT INTO users (user_id) SELECT %(prefix)s || g FROM generate_series(1, %(count)s) g
                RETURNING user_id
            )
-           INSERT INTO accounts (kind, name, asset, user_id)
-           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a""",
+           INSERT INTO accounts (kind, name, asset, user_id, lots)
+           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id, a.lots FROM created c CROSS JOIN assets a""",
         {"prefix": USER_PREFIX, "count": count},
     )
     conn.execute("ANALYZE users, accounts")
@@ -87,8 +87,8 @@ def fund_users(conn: psycopg.Connection, key_id: int, count: int, amount: int, k
 def create_hot_user(conn: psycopg.Connection, key_id: int, funds: int, key_prefix: str) -> None:
     conn.execute(
         """WITH created AS (INSERT INTO users (user_id) VALUES (%(user)s) RETURNING user_id)
-           INSERT INTO accounts (kind, name, asset, user_id)
-           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a""",
+           INSERT INTO accounts (kind, name, asset, user_id, lots)
+           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id, a.lots FROM created c CROSS JOIN assets a""",
         {"user": HOT_USER},
     )
     posted = top_up(conn, key_id, f"SELECT '{HOT_USER}' AS user_id", funds, key_prefix)

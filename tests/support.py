@@ -299,8 +299,9 @@ async def open_account(db: asyncpg.Connection, user_id: str, asset: str = "GOLD"
     """The user's account in `asset`, opened now with nothing in it, for a test that locks the row: accounts
     otherwise appear with their first credit (users created before migration 0006 have one in every asset)."""
     await db.execute(
-        """INSERT INTO accounts (kind, name, asset, user_id, frozen)
-           SELECT 'user', 'user:' || user_id, $2, user_id, status = 'frozen' FROM users WHERE user_id = $1
+        """INSERT INTO accounts (kind, name, asset, user_id, frozen, lots)
+           SELECT 'user', 'user:' || u.user_id, s.code, u.user_id, u.status = 'frozen', s.lots
+             FROM users u, assets s WHERE u.user_id = $1 AND s.code = $2
            ON CONFLICT DO NOTHING""",
         user_id,
         asset,

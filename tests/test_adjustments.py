@@ -29,6 +29,7 @@ from tests.support import (
     stored_keys,
     user_balances,
 )
+from wallet.kinds import SYSTEM_ACCOUNTS
 
 PATH = "/v1/adjustments"
 
@@ -411,7 +412,7 @@ async def test_unknown_user_or_asset_is_404_and_writes_nothing(
         assert await books(db, user_id) == before
 
 
-@pytest.mark.parametrize("account", ["system:nowhere", "system:expired", "system:user"])
+@pytest.mark.parametrize("account", ["system:nowhere", "system:expiry", "system:user"])
 async def test_unknown_system_account_is_a_4xx_and_writes_nothing(
     client: httpx.AsyncClient, api_keys: Keys, db: asyncpg.Connection, account: str
 ) -> None:
@@ -421,7 +422,7 @@ async def test_unknown_system_account_is_a_4xx_and_writes_nothing(
     response = await adjust(client, api_keys, adjustment(entry(f"user:{user_id}", -1), entry(account, 1)), key)
     problem = assert_validation_error(response, "account")
     assert [e["loc"] for e in problem["errors"]] == [["entries", 1, "account"]], problem
-    assert "system:(treasury|bonus_pool|revenue)" in problem["errors"][0]["msg"], problem  # names those there are
+    assert f"system:({'|'.join(SYSTEM_ACCOUNTS)})" in problem["errors"][0]["msg"], problem  # names those there are
     assert await books(db, user_id) == before
     assert await stored_keys(db, key) == 0
 

@@ -660,8 +660,8 @@ async def make_users(db: asyncpg.Connection, count: int) -> list[str]:
         """WITH created AS (
                INSERT INTO users (user_id) SELECT unnest($1::text[]) RETURNING user_id
            )
-           INSERT INTO accounts (kind, name, asset, user_id)
-           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id FROM created c CROSS JOIN assets a""",
+           INSERT INTO accounts (kind, name, asset, user_id, lots)
+           SELECT 'user', 'user:' || c.user_id, a.code, c.user_id, a.lots FROM created c CROSS JOIN assets a""",
         users,
     )
     return users

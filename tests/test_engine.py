@@ -390,6 +390,7 @@ async def test_system_balances_are_the_sums_of_their_stripes(db: asyncpg.Connect
         view = "SELECT name, balance FROM account_balances WHERE asset = $1 ORDER BY name"
         assert dict(tuple(row) for row in await db.fetch(view, asset)) == {
             "system:bonus_pool": -200,
+            "system:expired": 0,
             "system:revenue": 305,
             "system:treasury": -1000,
             f"user:{a}": 595,
@@ -398,6 +399,7 @@ async def test_system_balances_are_the_sums_of_their_stripes(db: asyncpg.Connect
         issuance_max = 2**61
         assert [tuple(row) for row in await db.fetch(STRIPES, asset)] == [
             ("system:bonus_pool", 64, -200, issuance_max - 200, -issuance_max),
+            ("system:expired", 64, 0, 0, 0),
             ("system:revenue", 64, 305, 305, 0),
             ("system:treasury", 64, -1000, issuance_max - 1000, -issuance_max),
         ]

@@ -2,8 +2,9 @@
 
 On a database of its own, a small ledger is built through the API (top-ups, bonuses, purchases, a purchase with
 rewards, a hold still held, a captured hold, a voided hold, partial refunds and a reversal, an adjustment, a frozen
-user) and verified clean. Then, for every check of VERIFY_CHECKS, a minimal corruption is written with SQL and
-committed, `wallet verify` runs as an operator runs it (its own process), and it must exit 1 with exactly the
+user, a transfer, lots of an expiring asset with a refund that gave back to them and an expiry) and verified
+clean. Then, for every check of VERIFY_CHECKS, a minimal corruption is written with SQL and committed, `wallet
+verify` runs as an operator runs it (its own process), and it must exit 1 with exactly the
 intended check failing, plus the checks that the same corruption necessarily breaks too (each case names them and
 says why). The corruption is undone, and the ledger is clean again.
 
@@ -68,6 +69,12 @@ KEY_OWNER = check("every idempotency record belongs to an API key")
 ASSET_SYSTEM = check("every asset has its system accounts")
 ACCOUNT_OWNERS = check("every account's asset and user exist")
 TRANSFER_LEGS = check("every transfer moves its amount")
+LOTS_KEPT = check("keeps its balance as lots")
+LOTS_SUM = check("the lots of every account sum to its balance")
+LOT_AMOUNT = check("every lot holds what formed it")
+LOT_CREDIT = check("every lot formed by a credit")
+LOT_USES = check("what each debit took from lots")
+EXPIRY_LEGS = check("every expiry moves its amount")
 
 
 @dataclass(frozen=True)
@@ -432,6 +439,52 @@ CASES: dict[str, list[Case]] = {
             "UPDATE transactions SET type = 'topup' WHERE id = {eve_t1}",
         ),
     ],
+    LOTS_KEPT: [
+        Case(
+            "an account of an asset with lots that does not keep them",
+            "UPDATE accounts SET lots = false WHERE id = {fay_pts}",
+            "UPDATE accounts SET lots = true WHERE id = {fay_pts}",
+            also=frozenset({LOTS_SUM}),
+            why_also="its lots are now on an account that does not keep lots",
+        ),
+    ],
+    LOTS_SUM: [
+        Case(
+            "a lot that no credit formed, on an account whose lots summed to its balance",
+            "INSERT INTO lots (account_id, expires_at, original, amount) VALUES ({fay_pts}, 'infinity', 1, 1)",
+            "DELETE FROM lots WHERE account_id = {fay_pts} AND transaction_id IS NULL",
+        ),
+    ],
+    LOT_AMOUNT: [
+        Case(
+            "a unit of a debit's take marked given back, with no lot the richer",
+            "UPDATE lot_uses SET restored = restored + 1 WHERE transaction_id = {fay_purchase2}",
+            "UPDATE lot_uses SET restored = restored - 1 WHERE transaction_id = {fay_purchase2}",
+        ),
+    ],
+    LOT_CREDIT: [
+        Case(
+            "a lot said to be formed by a purchase (a debit)",
+            "UPDATE lots SET transaction_id = {fay_purchase2} WHERE id = {fay_lot}",
+            "UPDATE lots SET transaction_id = {fay_t3} WHERE id = {fay_lot}",
+        ),
+    ],
+    LOT_USES: [
+        Case(
+            "a debit that took one unit more from a lot than it debited, the lot's amount left as it was",
+            "UPDATE lot_uses SET amount = amount + 1 WHERE transaction_id = {fay_purchase2}",
+            "UPDATE lot_uses SET amount = amount - 1 WHERE transaction_id = {fay_purchase2}",
+            also=frozenset({LOT_AMOUNT}),
+            why_also="the lot now holds one unit more than its original less what was taken",
+        ),
+    ],
+    EXPIRY_LEGS: [
+        Case(
+            "an expiry whose transaction says one unit more than its legs moved",
+            "UPDATE transactions SET amount = amount + 1 WHERE id = {fay_expiry}",
+            "UPDATE transactions SET amount = amount - 1 WHERE id = {fay_expiry}",
+        ),
+    ],
 }
 
 
@@ -458,8 +511,8 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
     # Accounts appear with their first credit; v-ben and v-dan have one in every asset from the start, as users
     # created before migration 0006 do (some never credited: no entries).
     await db.execute(
-        """INSERT INTO accounts (kind, name, asset, user_id)
-           SELECT 'user', 'user:' || u, a.code, u FROM unnest(ARRAY['v-ben', 'v-dan']) u CROSS JOIN assets a"""
+        """INSERT INTO accounts (kind, name, asset, user_id, lots)
+           SELECT 'user', 'user:' || u, a.code, u, a.lots FROM unnest(ARRAY['v-ben', 'v-dan']) u CROSS JOIN assets a"""
     )
 
     def move(user: str, amount: int, asset: str = "GOLD", **extra: Any) -> dict[str, Any]:
@@ -512,6 +565,21 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
         "eve-transfer",
     )
 
+    # An asset whose credits expire after a day: v-fay's lots, a purchase that takes from the first, a refund that
+    # gives back to it, an expiry of everything then left (the sweep run with its clock two days on), then a new lot
+    # and a purchase from it.
+    points = await http.put("/v1/assets/V_PTS", json={"name": "Verify points", "expiry_days": 1}, headers=HEADERS)
+    assert points.status_code == 201, points.text
+    assert (await http.put("/v1/users/v-fay", headers=HEADERS)).status_code == 201
+    await send(http, "/v1/topups", move("v-fay", 100, "V_PTS"), "fay-t1")
+    await send(http, "/v1/bonuses", move("v-fay", 50, "V_PTS"), "fay-t2")
+    fay_purchase = await send(http, "/v1/purchases", move("v-fay", 30, "V_PTS"), "fay-purchase")
+    await send(http, f"/v1/transactions/{fay_purchase['id']}/refunds", {"amount": 10, "reason": "r"}, "fay-refund")
+    assert await db.fetchval("SELECT wallet_expire_lots(now() + interval '2 days', 100)") == 1
+    fay_expiry = await db.fetchval("SELECT max(id) FROM transactions WHERE type = 'expiry' AND user_id = 'v-fay'")
+    fay_t3 = await send(http, "/v1/topups", move("v-fay", 70, "V_PTS"), "fay-t3")
+    fay_purchase2 = await send(http, "/v1/purchases", move("v-fay", 20, "V_PTS"), "fay-purchase2")
+
     async def account(name: str, asset: str) -> int:
         return int(await db.fetchval("SELECT id FROM accounts WHERE name = $1 AND asset = $2", name, asset))
 
@@ -543,6 +611,11 @@ async def build(http: httpx.AsyncClient, db: asyncpg.Connection) -> dict[str, in
         "revenue_gold": await account("system:revenue", "GOLD"),
         "revenue_loyalty": await account("system:revenue", "LOYALTY"),
         "bonus_pool_gold": await account("system:bonus_pool", "GOLD"),
+        "fay_pts": await account("user:v-fay", "V_PTS"),
+        "fay_t3": internal(fay_t3["id"]),
+        "fay_purchase2": internal(fay_purchase2["id"]),
+        "fay_expiry": fay_expiry,
+        "fay_lot": await db.fetchval("SELECT id FROM lots WHERE transaction_id = $1", internal(fay_t3["id"])),
         "admin_key": await db.fetchval("SELECT id FROM api_keys WHERE name = $1", keys.BOOTSTRAP_KEY_NAME),
     }
     # The treasury's (GOLD) latest entry, the latest of its stripe; and the first entry of its busiest stripe, on

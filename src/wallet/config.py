@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         default=1_000,
         ge=10,
         le=3_600_000,
-        description="How often each worker marks holds past their expiry (they stop counting at once regardless).",
+        description="How often each worker marks holds past their expiry (they stop counting at once regardless)"
+        " and moves what is left of expired lots of credits to system:expired.",
     )
     statistics_rollup_interval_ms: int = Field(
         default=1_000,

@@ -53,7 +53,10 @@ KINDS: dict[str, Kind] = {
     )
 }
 KINDS_BY_PATH: dict[str, Kind] = {kind.path: kind for kind in KINDS.values()}
-SYSTEM_ACCOUNTS: tuple[str, ...] = tuple(dict.fromkeys(kind.system_account for kind in KINDS.values()))
+EXPIRY_TYPE = "expiry"
+"""The type of the transactions the ledger posts by itself when credits expire: user -> system:expired, for what is
+left of expired lots (wallet_expire_lots() in migration 0006). No route posts it and no key can."""
+SYSTEM_ACCOUNTS: tuple[str, ...] = tuple(dict.fromkeys([*(kind.system_account for kind in KINDS.values()), "expired"]))
 """The system accounts every asset has (PUT /v1/assets opens them with the asset, the seed for its assets)."""
 
 

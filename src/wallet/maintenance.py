@@ -1,10 +1,12 @@
 """What every worker does in the background, beside the requests: idempotency keys past their retention are
 purged, holds past their expiry are marked expired (readers and writers treat them as expired at once; this
-only tidies up and releases what they held on the account), and new entries are rolled up for statistics (which
-are exact without it, only slower)."""
+only tidies up and releases what they held on the account), what is left of expired lots of credits is moved to
+`system:expired`, and new entries are rolled up for statistics (which are exact without it, only slower)."""
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 import asyncpg
 
@@ -17,6 +19,16 @@ log = logging.getLogger("wallet.maintenance")
 
 PURGE_INTERVAL_S = 3600
 EXPIRY_BATCH_MAX = 1000  # holds marked per transaction
+LOT_EXPIRY_BATCH_MAX = 100  # accounts whose expired lots one transaction sweeps (it holds their locks until commit)
+
+Clock = Callable[[], datetime | None]
+"""What time it is for the expiry of lots; None: the database's `now()`. Tests move it forward instead of waiting."""
+
+
+def database_clock() -> datetime | None:
+    return None
+
+
 RETRY_S = 60
 
 
@@ -31,6 +43,11 @@ async def expire_holds(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT wallet_expire_holds($1)", EXPIRY_BATCH_MAX))
 
 
+async def expire_lots(conn: asyncpg.Connection, now: datetime | None) -> int:
+    """Posts the expiry transactions of up to LOT_EXPIRY_BATCH_MAX accounts, in one transaction."""
+    return int(await conn.fetchval("SELECT wallet_expire_lots(coalesce($1, now()), $2)", now, LOT_EXPIRY_BATCH_MAX))
+
+
 async def purge_loop(database: Database, settings: Settings) -> None:
     """Purges idempotency keys past their retention, hourly. Survives outages: a round that fails is tried again a
     minute later."""
@@ -43,14 +60,16 @@ async def purge_loop(database: Database, settings: Settings) -> None:
             await asyncio.sleep(RETRY_S)
 
 
-async def expiry_loop(database: Database, interval_s: float) -> None:
-    """Marks due holds expired, every interval (at once again while there are more)."""
+async def expiry_loop(database: Database, interval_s: float, clock: Clock) -> None:
+    """Marks due holds expired and sweeps expired lots, every interval (at once again while there are more)."""
     while True:
         try:
             marked = await database.run(expire_holds)
-            await asyncio.sleep(0 if marked >= EXPIRY_BATCH_MAX else interval_s)
+            swept = await database.run(lambda conn: expire_lots(conn, clock()))
+            more = marked >= EXPIRY_BATCH_MAX or swept >= LOT_EXPIRY_BATCH_MAX
+            await asyncio.sleep(0 if more else interval_s)
         except WalletError as exc:
-            log.warning("hold expiry skipped: %s", exc.detail)
+            log.warning("expiry skipped: %s", exc.detail)
             await asyncio.sleep(RETRY_S)
 
 
@@ -66,9 +85,9 @@ async def statistics_loop(database: Database, interval_s: float) -> None:
             await asyncio.sleep(RETRY_S)
 
 
-async def maintain(database: Database, settings: Settings) -> None:
+async def maintain(database: Database, settings: Settings, clock: Clock = database_clock) -> None:
     await asyncio.gather(
         purge_loop(database, settings),
-        expiry_loop(database, settings.hold_expiry_interval_ms / 1000),
+        expiry_loop(database, settings.hold_expiry_interval_ms / 1000, clock),
         statistics_loop(database, settings.statistics_rollup_interval_ms / 1000),
     )

@@ -167,9 +167,11 @@ async def set_frozen(database: Database, user_id: str, frozen: bool, reason: str
     return _user(row)
 
 
-# Balances now: posted, held (holds past their expiry no longer count) and available; or, with an instant, the
-# posted balances as they were then (wallet_balance_as_of(): O(log n) per account).
-_BALANCES_SQL = """
+# Balances now: posted, held (holds past their expiry no longer count) and available, and for assets whose credits
+# expire the next lots to expire; or, with an instant, the posted balances as they were then
+# (wallet_balance_as_of(): O(log n) per account).
+EXPIRING_MAX = 5  # lots listed in a balance's `expiring`
+_BALANCES_SQL = f"""
 WITH owner AS (
     SELECT EXISTS (SELECT 1 FROM users WHERE user_id = $1) AS user_exists,
            $2::text IS NULL OR EXISTS (SELECT 1 FROM assets WHERE code = $2) AS asset_exists,
@@ -178,10 +180,17 @@ WITH owner AS (
 SELECT o.user_exists, o.asset_exists, s.code AS asset,
        CASE WHEN $3::timestamptz IS NULL THEN coalesce(a.balance, 0)
             ELSE coalesce(wallet_balance_as_of(a.id, $3, o.around), 0) END AS balance,
-       CASE WHEN $3::timestamptz IS NULL THEN coalesce(wallet_held(a.id, a.held), 0) END AS held
+       CASE WHEN $3::timestamptz IS NULL THEN coalesce(wallet_held(a.id, a.held), 0) END AS held,
+       $3::timestamptz IS NULL AND s.lots AS lots, x.amounts AS expiring_amounts, x.dates AS expiring_dates
   FROM owner o
   LEFT JOIN assets s ON o.user_exists AND ($2::text IS NULL OR s.code = $2)
   LEFT JOIN accounts a ON a.asset = s.code AND a.name = 'user:' || $1
+  LEFT JOIN LATERAL (SELECT array_agg(n.amount ORDER BY n.expires_at, n.id) AS amounts,
+                            array_agg(n.expires_at ORDER BY n.expires_at, n.id) AS dates
+                       FROM (SELECT l.id, l.amount, l.expires_at FROM lots l
+                              WHERE $3::timestamptz IS NULL AND a.lots AND l.account_id = a.id AND l.amount > 0
+                                AND l.expires_at < 'infinity'
+                              ORDER BY l.expires_at, l.id LIMIT {EXPIRING_MAX}) n) x ON true
  ORDER BY s.code
 """
 
@@ -189,12 +198,16 @@ SELECT o.user_exists, o.asset_exists, s.code AS asset,
 def _balance(row: asyncpg.Record, as_of: datetime | None) -> dict[str, object]:
     if as_of is not None:
         return {"asset": row["asset"], "balance": row["balance"]}
-    return {
+    balance: dict[str, object] = {
         "asset": row["asset"],
         "balance": row["balance"],
         "held": row["held"],
         "available": row["balance"] - row["held"],
     }
+    if row["lots"]:
+        amounts, dates = row["expiring_amounts"] or [], row["expiring_dates"] or []
+        balance["expiring"] = [{"amount": a, "expires_at": timestamp(d)} for a, d in zip(amounts, dates, strict=True)]
+    return balance
 
 
 async def get_balances(database: Database, user_id: str, as_of: datetime | None) -> bytes:

@@ -149,6 +149,42 @@ VERIFY_CHECKS: dict[str, str] = {
     "every account of a frozen user is flagged frozen, and no other": """
         SELECT a.name, a.asset, a.frozen, u.status FROM accounts a LEFT JOIN users u ON u.user_id = a.user_id
          WHERE a.frozen <> coalesce(u.status = 'frozen', false)""",
+    "every user account of an asset with lots keeps its balance as lots, and no other account does": """
+        SELECT a.name, a.asset, a.lots, s.lots AS asset_lots FROM accounts a JOIN assets s ON s.code = a.asset
+         WHERE a.lots <> (a.kind = 'user' AND s.lots)""",
+    "the lots of every account sum to its balance": """
+        SELECT a.name, a.asset, a.lots, a.balance, sum(l.amount) AS lots_total
+          FROM accounts a JOIN lots l ON l.account_id = a.id
+         GROUP BY a.id
+        HAVING NOT a.lots OR a.balance <> sum(l.amount)
+         UNION ALL
+        SELECT a.name, a.asset, a.lots, a.balance, 0 FROM accounts a
+         WHERE a.lots AND a.balance <> 0 AND NOT EXISTS (SELECT FROM lots l WHERE l.account_id = a.id)""",
+    "every lot holds what formed it, less what debits took from it, plus what refunds gave back": """
+        SELECT l.id AS lot, l.original, l.amount, u.taken
+          FROM lots l
+          LEFT JOIN (SELECT lot_id, sum(amount - restored) AS taken FROM lot_uses GROUP BY lot_id) u ON u.lot_id = l.id
+         WHERE l.amount <> l.original - coalesce(u.taken, 0)""",
+    "every lot formed by a credit is on the credited account, for no more than the credit": """
+        SELECT l.id AS lot, wallet_public_id(l.transaction_id) AS transaction, l.original FROM lots l
+         WHERE l.transaction_id IS NOT NULL
+           AND NOT EXISTS (SELECT FROM entries e WHERE e.transaction_id = l.transaction_id
+                              AND e.account_id = l.account_id AND e.amount >= l.original)""",
+    "what each debit took from lots is what it debited from their account": """
+        SELECT wallet_public_id(u.transaction_id) AS transaction, t.account_id, sum(u.amount) AS taken, e.amount
+          FROM lot_uses u JOIN lots t ON t.id = u.lot_id
+          LEFT JOIN entries e ON e.transaction_id = u.transaction_id AND e.account_id = t.account_id
+         GROUP BY u.transaction_id, t.account_id, e.amount
+        HAVING e.amount IS NULL OR sum(u.amount) <> -e.amount""",
+    "every expiry moves its amount from its user to system:expired of its asset, in two legs": """
+        SELECT wallet_public_id(t.id) AS transaction, t.user_id, t.asset, t.amount,
+               array_agg(a.name || ' ' || a.asset || ' ' || e.amount ORDER BY e.leg) AS legs
+          FROM transactions t JOIN entries e ON e.transaction_id = t.id JOIN accounts a ON a.id = e.account_id
+         WHERE t.type = 'expiry'
+         GROUP BY t.id
+        HAVING count(*) <> 2
+            OR count(*) FILTER (WHERE a.name = 'user:' || t.user_id AND a.asset = t.asset AND e.amount = -t.amount) <> 1
+            OR count(*) FILTER (WHERE a.name = 'system:expired' AND a.asset = t.asset AND e.amount = t.amount) <> 1""",
     "every idempotency record names one outcome, which exists: a transaction, a hold, or a problem": """
         SELECT k.api_key_id, k.key, k.transaction_id, k.hold_id FROM idempotency_keys k
           LEFT JOIN transactions t ON t.id = k.transaction_id

@@ -26,7 +26,12 @@ ROUTERS = (
 )
 
 
-def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    clock: maintenance.Clock = maintenance.database_clock,
+) -> FastAPI:
+    """The service. `clock` is the time the expiry of lots goes by (the database's unless a test moves it)."""
     settings = settings or get_settings()
     url = database_url or settings.database_url
     if not url:
@@ -37,7 +42,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await shared.database.open()
         background = [
-            asyncio.create_task(maintenance.maintain(shared.database, settings)),
+            asyncio.create_task(maintenance.maintain(shared.database, settings, clock)),
             asyncio.create_task(shared.database.warm(settings.pool_size_max, ledger.HOT_STATEMENTS)),
         ]
         try:

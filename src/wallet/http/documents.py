@@ -29,12 +29,24 @@ class User(BaseModel):
     created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
 
 
+class Lot(BaseModel):
+    amount: int = Field(examples=[40], description="What is left of the credit that formed it.")
+    expires_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+
+
+EXPIRING_DESCRIPTION = (
+    "Assets whose credits expire only, not with as_of: the next five lots to expire, soonest first (debits take them"
+    " in this order; what is left of one at its date is moved to system:expired within 60 s)."
+)
+
+
 class Balance(BaseModel):
     user_id: str = Field(examples=["alice"])
     asset: str = Field(examples=["GOLD"])
     balance: int = Field(examples=[1100], description="Posted.")
     held: int | None = Field(default=None, examples=[100], description="Sum of active holds; not with as_of.")
     available: int | None = Field(default=None, examples=[1000], description="balance - held; not with as_of.")
+    expiring: list[Lot] | None = Field(default=None, description=EXPIRING_DESCRIPTION)
     as_of: str | None = Field(default=None, examples=[TIMESTAMP_EXAMPLE], description="Only with as_of.")
 
 
@@ -43,6 +55,7 @@ class AssetBalance(BaseModel):
     balance: int = Field(examples=[1100])
     held: int | None = Field(default=None, examples=[100])
     available: int | None = Field(default=None, examples=[1000])
+    expiring: list[Lot] | None = Field(default=None, description=EXPIRING_DESCRIPTION)
 
 
 class Balances(BaseModel):

@@ -1,14 +1,46 @@
--- Asset policies (spec/API.md, v1.1 "Asset policies", without expiring lots): assets created and changed at runtime,
--- with their system accounts; user accounts opened when a posting first needs them, not one per user per asset up
--- front; transfers between users of transferable assets, under a new API key scope, `transfer`.
+-- Asset policies (spec/API.md, v1.1 "Asset policies"): assets created and changed at runtime, with their system
+-- accounts; user accounts opened when a posting first needs them, not one per user per asset up front; transfers
+-- between users of transferable assets, under a new API key scope, `transfer`; expiring credits, kept as lots.
 
 -- Policies of an asset. `transferable`: whether its credits may move from user to user (the seeded assets keep the
--- closed loop: false). `expiry_days`: how long a credit lasts, NULL for ever; stored now, applied by expiring lots
--- later.
+-- closed loop: false). `expiry_days`: how long a credit lasts, NULL for ever. `lots`: whether its user accounts keep
+-- their balance as lots (set with the asset's first expiry_days and never cleared: lots that formed under a policy
+-- keep their dates when it changes; see wallet_put_asset()).
 ALTER TABLE assets
     ADD COLUMN transferable boolean NOT NULL DEFAULT false,
     ADD COLUMN expiry_days integer,
-    ADD CONSTRAINT asset_expiry_days CHECK (expiry_days BETWEEN 1 AND 3650);
+    ADD COLUMN lots boolean NOT NULL DEFAULT false,
+    ADD CONSTRAINT asset_expiry_days CHECK (expiry_days BETWEEN 1 AND 3650),
+    ADD CONSTRAINT asset_lots CHECK (lots OR expiry_days IS NULL);
+
+-- Expiring credits. A user account of an asset with lots (accounts.lots, read by the engine under the account's
+-- lock) keeps its balance as lots: each credit forms one that expires `expiry_days` after it ('infinity' when the
+-- asset has no expiry now), each debit takes what it needs from the lots that expire first (lot_uses records what
+-- it took, so that a refund of it can give back to the same lots), and the lots' amounts always sum to the balance
+-- (`wallet verify` checks it). A lot that expires with an amount left is moved to `system:expired` by a
+-- transaction of type `expiry` (wallet_expire_lots(), run every second by the service).
+ALTER TABLE accounts ADD COLUMN lots boolean NOT NULL DEFAULT false;
+
+CREATE TABLE lots (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id     bigint NOT NULL REFERENCES accounts (id),
+    -- The credit that formed it; NULL for the balance an account had when its asset first got an expiry.
+    transaction_id bigint REFERENCES transactions (id),
+    expires_at     timestamptz NOT NULL,
+    original       bigint NOT NULL CHECK (original > 0),
+    amount         bigint NOT NULL CHECK (amount BETWEEN 0 AND original)
+);
+CREATE INDEX lots_open ON lots (account_id, expires_at, id) WHERE amount > 0;
+CREATE INDEX lots_due ON lots (expires_at) WHERE amount > 0 AND expires_at < 'infinity';
+CREATE INDEX lots_formed_by ON lots (transaction_id);
+
+CREATE TABLE lot_uses (
+    transaction_id bigint NOT NULL REFERENCES transactions (id),
+    lot_id         bigint NOT NULL REFERENCES lots (id),
+    amount         bigint NOT NULL CHECK (amount > 0),
+    restored       bigint NOT NULL DEFAULT 0 CHECK (restored BETWEEN 0 AND amount),
+    PRIMARY KEY (transaction_id, lot_id)
+);
 
 -- The scope of transfers.
 ALTER TABLE api_keys
@@ -22,6 +54,12 @@ ALTER TABLE api_keys
 -- creation: scale 0, not transferable, no expiry). The scale never changes once the asset exists: every amount
 -- ever posted in it is in its minor units. Two PUTs of one new code at once: the second waits on the first's
 -- insert, then finds the asset and changes it.
+--
+-- An expiry_days changes the expiry of the credits that come after it; lots that formed before keep the dates
+-- they were shown with. The first expiry_days an existing asset gets turns its user accounts to lots, each with
+-- the balance it has as one lot that never expires: the accounts known are locked first (in id order, as postings
+-- lock them), then the asset (which every opening of an account holds FOR SHARE, wallet_open_accounts(), so
+-- openings in flight commit first and later ones see `lots`), then those opened in between.
 CREATE TYPE wallet_asset_outcome AS (
     created      boolean,
     code         text,
@@ -38,9 +76,11 @@ RETURNS wallet_asset_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     v_asset assets;
+    v_had_lots boolean;
 BEGIN
-    INSERT INTO assets (code, name, scale, transferable, expiry_days)
-    VALUES (p_code, p_name, coalesce(p_scale, 0), coalesce(p_transferable, false), p_expiry_days)
+    INSERT INTO assets (code, name, scale, transferable, expiry_days, lots)
+    VALUES (p_code, p_name, coalesce(p_scale, 0), coalesce(p_transferable, false), p_expiry_days,
+            p_expiry_days IS NOT NULL)
     ON CONFLICT (code) DO NOTHING
     RETURNING * INTO v_asset;
     IF FOUND THEN
@@ -48,8 +88,12 @@ BEGIN
         RETURN ROW(true, v_asset.code, v_asset.name, v_asset.scale, v_asset.transferable, v_asset.expiry_days,
                    NULL)::wallet_asset_outcome;
     END IF;
-    -- NO KEY UPDATE, as the UPDATE below takes: accounts opened meanwhile hold KEY SHARE on the row (their foreign
-    -- key), which this must not wait for.
+    IF p_expiry_sent AND p_expiry_days IS NOT NULL
+       AND NOT EXISTS (SELECT FROM assets WHERE code = p_code AND lots) THEN
+        PERFORM 1 FROM accounts WHERE asset = p_code AND kind = 'user' ORDER BY id FOR NO KEY UPDATE;
+    END IF;
+    -- NO KEY UPDATE, as the UPDATE below takes: it waits for the openings of accounts in flight (FOR SHARE), not
+    -- for every posting's foreign key checks (KEY SHARE).
     SELECT * INTO STRICT v_asset FROM assets WHERE code = p_code FOR NO KEY UPDATE;
     IF p_scale IS NOT NULL AND p_scale <> v_asset.scale THEN
         RETURN ROW(false, v_asset.code, v_asset.name, v_asset.scale, v_asset.transferable, v_asset.expiry_days,
@@ -57,11 +101,21 @@ BEGIN
                                   format('Asset %s has scale %s; the scale of an asset cannot change (asked: %s).',
                                          p_code, v_asset.scale, p_scale)))::wallet_asset_outcome;
     END IF;
+    v_had_lots := v_asset.lots;
     UPDATE assets
        SET name = p_name, transferable = coalesce(p_transferable, transferable),
-           expiry_days = CASE WHEN p_expiry_sent THEN p_expiry_days ELSE expiry_days END
+           expiry_days = CASE WHEN p_expiry_sent THEN p_expiry_days ELSE expiry_days END,
+           lots = lots OR (p_expiry_sent AND p_expiry_days IS NOT NULL)
      WHERE code = p_code
     RETURNING * INTO v_asset;
+    IF v_asset.lots AND NOT v_had_lots THEN  -- its accounts' balances, each as one lot
+        PERFORM 1 FROM accounts WHERE asset = p_code AND kind = 'user' AND NOT lots ORDER BY id FOR NO KEY UPDATE;
+        INSERT INTO lots (account_id, expires_at, original, amount)
+        SELECT id, 'infinity', balance, balance FROM accounts
+         WHERE asset = p_code AND kind = 'user' AND NOT lots AND balance > 0
+         ORDER BY id;
+        UPDATE accounts SET lots = true WHERE asset = p_code AND kind = 'user' AND NOT lots;
+    END IF;
     -- An asset made before a system account joined the registry gets it now (idempotent).
     PERFORM wallet_system_account('system:' || s.name, p_code) FROM unnest(p_system_accounts) s (name) ORDER BY 1;
     RETURN ROW(false, v_asset.code, v_asset.name, v_asset.scale, v_asset.transferable, v_asset.expiry_days,
@@ -117,8 +171,9 @@ $$;
 -- posting may not take from frozen accounts, otherwise insufficient_funds); otherwise each is opened for its credit,
 -- flagged frozen when its user is, and NULL says "post again". The users' rows are held FOR SHARE while their
 -- status is read and the accounts inserted (see wallet_set_frozen()): no freeze can commit in between, so no
--- account of a frozen user is ever opened unflagged. Two postings opening one account at once: the second waits on
--- the first's insert and, when it commits, finds the account (ON CONFLICT DO NOTHING) and posts again.
+-- account of a frozen user is ever opened unflagged; likewise the assets' rows, for `lots`. Two postings opening
+-- one account at once: the second waits on the first's insert and, when it commits, finds the account (ON CONFLICT
+-- DO NOTHING) and posts again.
 CREATE FUNCTION wallet_open_accounts(p wallet_posting) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -142,8 +197,13 @@ BEGIN
             format('Available balance of %s in %s is 0 (balance 0, held 0), less than the %s requested.',
                    v_leg.name, v_leg.asset, -v_leg.amount));
     END LOOP;
-    INSERT INTO accounts (kind, name, asset, user_id, frozen)
-    SELECT 'user', l.name, l.asset, u.user_id, u.status = 'frozen'
+    -- The assets' rows too (see wallet_put_asset()): an account opened here is kept as lots if its asset has them.
+    PERFORM 1 FROM assets s
+     WHERE s.code IN (SELECT l.asset FROM unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
+                       WHERE l.name LIKE 'user:%' AND l.amount > 0)
+     ORDER BY s.code FOR SHARE;
+    INSERT INTO accounts (kind, name, asset, user_id, frozen, lots)
+    SELECT 'user', l.name, l.asset, u.user_id, u.status = 'frozen', s.lots
       FROM unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
       JOIN users u ON u.user_id = substr(l.name, 6)
       JOIN assets s ON s.code = l.asset
@@ -210,10 +270,84 @@ BEGIN
 END
 $$;
 
--- wallet_request() of 0005, unchanged but for one check at its start: a transfer of an asset that is not
--- transferable is refused (409 transfers_disabled), recorded under its key like every business error. Transfers
--- are a template of the registry like any other (two user legs: the engine locks both accounts in id order, as it
--- does for every posting with several user legs); accounts missing on the way are opened by wallet_refusal().
+-- What a posting does to the lots of the user accounts it moved that keep lots; called by wallet_request() once it
+-- has posted, under those accounts' locks. A credit that refunds a debit gives back to the lots the debit took from
+-- (those taken last first; a lot whose date has passed meanwhile expires again at the next sweep), and what is left
+-- of a credit forms a lot that expires the asset's expiry_days after the posting ('infinity' without one). A debit
+-- takes what it needs from the lots that expire first (a reversal first from the lot its original formed) and
+-- records what it took. Lots that do not cover a debit are a broken invariant (WL902): the posting fails.
+CREATE FUNCTION wallet_lots_post(p wallet_posting, p_transaction_id bigint, p_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_leg record;
+    v_use record;
+    v_left bigint;
+    v_give bigint;
+    v_taken bigint;
+BEGIN
+    FOR v_leg IN
+        SELECT a.id, a.name, a.asset, l.amount, s.expiry_days
+          FROM unnest(p.accounts, p.assets, p.amounts) AS l (name, asset, amount)
+          JOIN accounts a ON a.name = l.name AND a.asset = l.asset
+          JOIN assets s ON s.code = a.asset
+         WHERE a.kind = 'user' AND a.lots
+         ORDER BY a.id
+    LOOP
+        IF v_leg.amount > 0 THEN
+            v_left := v_leg.amount;
+            FOR v_use IN
+                SELECT u.lot_id, u.amount - u.restored AS open
+                  FROM lot_uses u JOIN lots t ON t.id = u.lot_id
+                 WHERE p.refund_of IS NOT NULL AND u.transaction_id = p.refund_of AND t.account_id = v_leg.id
+                   AND u.restored < u.amount
+                 ORDER BY t.expires_at DESC, t.id DESC
+            LOOP
+                EXIT WHEN v_left = 0;
+                v_give := least(v_left, v_use.open);
+                UPDATE lot_uses SET restored = restored + v_give
+                 WHERE transaction_id = p.refund_of AND lot_id = v_use.lot_id;
+                UPDATE lots SET amount = amount + v_give WHERE id = v_use.lot_id;
+                v_left := v_left - v_give;
+            END LOOP;
+            IF v_left > 0 THEN
+                INSERT INTO lots (account_id, transaction_id, expires_at, original, amount)
+                VALUES (v_leg.id, p_transaction_id,
+                        CASE WHEN v_leg.expiry_days IS NULL THEN 'infinity'
+                             ELSE p_at + make_interval(days => v_leg.expiry_days) END,
+                        v_left, v_left);
+            END IF;
+        ELSE
+            WITH open AS (
+                SELECT t.id, t.amount,
+                       sum(t.amount) OVER (ORDER BY coalesce(t.transaction_id = p.refund_of, false) DESC, t.expires_at,
+                                                    t.id) AS upto
+                  FROM lots t
+                 WHERE t.account_id = v_leg.id AND t.amount > 0
+            ), taken AS (
+                SELECT o.id, least(o.amount, -v_leg.amount - (o.upto - o.amount)) AS amount
+                  FROM open o
+                 WHERE o.upto - o.amount < -v_leg.amount
+            ), used AS (
+                UPDATE lots t SET amount = t.amount - k.amount FROM taken k WHERE t.id = k.id RETURNING k.id, k.amount
+            ), recorded AS (
+                INSERT INTO lot_uses (transaction_id, lot_id, amount) SELECT p_transaction_id, u.id, u.amount FROM used u
+            )
+            SELECT coalesce(sum(u.amount), 0) INTO v_taken FROM used u;
+            IF v_taken <> -v_leg.amount THEN
+                RAISE EXCEPTION 'lots of % in % hold % of the % a debit takes', v_leg.name, v_leg.asset, v_taken,
+                                -v_leg.amount USING ERRCODE = 'WL902';
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- wallet_request() of 0005, with two additions. At its start: a transfer of an asset that is not transferable is
+-- refused (409 transfers_disabled), recorded under its key like every business error. Transfers are a template of
+-- the registry like any other (two user legs: the engine locks both accounts in id order, as it does for every
+-- posting with several user legs); accounts missing on the way are opened by wallet_refusal(). After a posting:
+-- the lots of the user accounts it moved that keep them (wallet_lots_post()); whether any does is read from the
+-- rows the statement updated, under their locks, so postings of assets without expiry pay nothing more.
 CREATE OR REPLACE FUNCTION wallet_request(p_item wallet_item)
 RETURNS wallet_outcome
 LANGUAGE plpgsql AS $$
@@ -306,7 +440,7 @@ BEGIN
                AND a.balance + l.amount <= wallet_balance_max()
                AND (l.amount >= 0 OR a.balance + l.amount >= a.held + l.held_change)
                AND (l.amount >= 0 OR NOT a.frozen OR coalesce(p.frozen_ok, false))
-            RETURNING a.id, a.balance
+            RETURNING a.id, a.balance, a.lots
         ), striped AS (
             UPDATE account_stripes s SET balance = s.balance + l.amount, room = s.room + l.amount
               FROM legs l, gate g
@@ -336,11 +470,14 @@ BEGIN
         SELECT posted.id, posted.created_at, posted.metadata::text AS metadata,
                (SELECT array_agg(m.balance ORDER BY l.ord) FROM legs l LEFT JOIN moved m ON m.id = l.id) AS balances,
                (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM striped) AS striped,
-               g.seen, g.known, g.roomy
+               (SELECT bool_or(m.lots) FROM moved m) AS lots, g.seen, g.known, g.roomy
           INTO v_posted
           FROM gate g LEFT JOIN posted ON true;
 
         IF v_posted.id IS NOT NULL THEN
+            IF v_posted.lots THEN
+                PERFORM wallet_lots_post(p, v_posted.id, v_posted.created_at);
+            END IF;
             IF p.hold_id IS NOT NULL THEN
                 UPDATE holds SET status = 'captured', captured_amount = p.amount, transaction_id = v_posted.id,
                                  resolved_at = v_posted.created_at
@@ -379,3 +516,51 @@ BEGIN
 END
 $$;
 
+
+-- Expired lots, swept. For up to p_limit accounts with lots past their date at p_now (the service's clock, which
+-- tests move forward), those expired first first, a transaction of type `expiry` moves what is left of those lots
+-- to the asset's `system:expired`, under the account's lock, through the engine like any posting (its debit takes
+-- the lots that expire first: these). What active holds reserve stays: a hold reserves from the lots that expire
+-- first, which its capture then takes; an account whose expired lots are all reserved is passed over until a hold
+-- ends. A frozen account's credits expire too: a freeze stops what the user does, not the clock. Sweeps running at
+-- once take different accounts (SKIP LOCKED). Returns how many expiry transactions it posted.
+CREATE FUNCTION wallet_expire_lots(p_now timestamptz, p_limit int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account accounts;
+    v_amount bigint;
+    v_posted int := 0;
+    v_outcome wallet_outcome;
+BEGIN
+    FOR v_account IN
+        SELECT a.* FROM accounts a
+         WHERE a.id IN (SELECT d.account_id FROM lots d JOIN accounts x ON x.id = d.account_id
+                         WHERE d.amount > 0 AND d.expires_at <= p_now
+                         GROUP BY d.account_id, x.held HAVING sum(d.amount) > x.held
+                         ORDER BY min(d.expires_at) LIMIT p_limit)
+         ORDER BY a.id
+           FOR NO KEY UPDATE SKIP LOCKED
+    LOOP
+        IF v_account.held > 0 AND wallet_expire_account_holds(v_account.id) > 0 THEN
+            SELECT * INTO STRICT v_account FROM accounts WHERE id = v_account.id;
+        END IF;
+        SELECT sum(amount) - v_account.held INTO v_amount
+          FROM lots WHERE account_id = v_account.id AND amount > 0 AND expires_at <= p_now;
+        CONTINUE WHEN coalesce(v_amount, 0) <= 0;
+        v_outcome := wallet_request(ROW(NULL, 'system:expiry', NULL, NULL, NULL, NULL,
+            ROW('expiry', v_account.user_id, v_account.asset, v_amount, 'Expired credits', NULL,
+                ARRAY[v_account.name, 'system:expired'], ARRAY[v_account.asset, v_account.asset],
+                ARRAY[-v_amount, v_amount], NULL, NULL, NULL, true)::wallet_posting)::wallet_item);
+        IF v_outcome.outcome <> 'created' THEN
+            RAISE EXCEPTION 'expiry of % in % refused: %', v_account.name, v_account.asset, v_outcome.problem
+                  USING ERRCODE = 'WL903';
+        END IF;
+        v_posted := v_posted + 1;
+    END LOOP;
+    RETURN v_posted;
+END
+$$;
+
+-- Every asset's expired credits go to its `system:expired` (a sink, like revenue); assets made from now on get it
+-- with their other system accounts (the registry, wallet/kinds.py).
+SELECT wallet_system_account('system:expired', code) FROM assets ORDER BY code;
