@@ -56,6 +56,16 @@ ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     # Purchases are refunded with the purchase scope; reversing a top-up or a bonus takes admin (test_refunds.py).
     ("POST", "/v1/transactions/{transaction_id}/refunds"): {"purchase"},
     ("GET", "/v1/transactions/{transaction_id}/refunds"): {"read"},
+    ("GET", "/v1/events"): {"read"},
+    # Webhook endpoints name URLs and hold secrets; monitors watch any balance: the operator's.
+    ("POST", "/v1/webhooks"): {"admin"},
+    ("GET", "/v1/webhooks"): {"admin"},
+    ("GET", "/v1/webhooks/{webhook_id}"): {"admin"},
+    ("DELETE", "/v1/webhooks/{webhook_id}"): {"admin"},
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): {"admin"},
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"admin"},
+    ("POST", "/v1/monitors"): {"admin"},
+    ("GET", "/v1/monitors"): {"admin"},
 }
 # Routes anyone may call, by the contract.
 OPEN_PATHS = {"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
@@ -65,6 +75,7 @@ PATH_VALUES = {
     "transaction_id": "tx_0000000000000001",
     "hold_id": "hold_0000000000000001",
     "code": "GOLD",
+    "webhook_id": "wh_0000000000000001",
 }
 SCOPES = ("read", "topup", "bonus", "purchase", "transfer")
 LEAKS = ("Traceback", 'File "', ".py", "SELECT", "INSERT", "UPDATE ", "asyncpg", "psycopg", "wallet_request", "plpgsql")

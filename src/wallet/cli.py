@@ -1,4 +1,4 @@
-"""The `wallet` command: serve, migrate, seed, verify, keys."""
+"""The `wallet` command: serve, migrate, seed, verify, keys, dispatch, events."""
 
 import asyncio
 import logging
@@ -16,11 +16,14 @@ import typer
 import uvicorn
 from sqlalchemy.exc import OperationalError
 
+from wallet import events as feed
 from wallet import keys as api_keys
 from wallet import seed as seeding
 from wallet import verify as verification
+from wallet import webhooks
+from wallet.clock import database_clock
 from wallet.config import get_settings
-from wallet.database import connect, database_url, describe, migrate, set_database_url_for_children
+from wallet.database import Database, connect, database_url, describe, migrate, set_database_url_for_children
 from wallet.errors import DATABASE_ERRORS
 from wallet.logs import configure
 
@@ -37,6 +40,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
+events_app = typer.Typer(help="The event feed.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(events_app, name="events")
 
 KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -219,3 +224,47 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name.", meta
         typer.echo(f"no active key named {name}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {name}")
+
+
+@app.command()
+def dispatch() -> None:
+    """Deliver webhooks, as every `wallet serve` worker does (WALLET_WEBHOOK_DISPATCH), until stopped. Any number
+    of dispatchers share the work through the database."""
+    settings = get_settings()
+    with database_url(settings) as url:
+        migrate(url)
+
+        async def run() -> None:
+            database = Database(url, settings)
+            await database.open()
+            try:
+                await webhooks.Dispatcher(database, settings, database_clock).run()
+            finally:
+                await database.close()
+
+        asyncio.run(run())
+
+
+@events_app.command("tail")
+def events_tail(
+    after: Annotated[
+        str | None, typer.Option(help="A cursor to start after (default: the events from now on).", metavar="CURSOR")
+    ] = None,
+    from_start: Annotated[bool, typer.Option("--from-start", help="Every event since the first.")] = False,
+    types: Annotated[str | None, typer.Option(help="Comma-separated event types.", metavar="TYPES")] = None,
+) -> None:
+    """Follow the event feed in commit order: one JSON line per event, until stopped."""
+    wanted = feed.parse_types(types)
+    with database_url(get_settings()) as url:
+
+        async def follow(conn: asyncpg.Connection) -> None:
+            position = feed.START if from_start else feed.Position.parse(after) if after else await feed.head(conn)
+            while True:
+                page = await feed.read(conn, position, 200, wanted)
+                for _, _, document in page.events:
+                    typer.echo(document.decode())
+                position = page.next
+                if not page.events:
+                    await asyncio.sleep(0.5)
+
+        _with_connection(url, follow)

@@ -53,6 +53,16 @@ class Settings(BaseSettings):
         le=3_600_000,
         description="How often a worker rolls new entries up for statistics (they are exact without it, only slower).",
     )
+    webhook_timeout_ms: int = Field(
+        default=10_000, ge=100, le=60_000, description="How long a webhook receiver has to answer a delivery."
+    )
+    webhook_allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated host names (shell patterns, `*.example.com`) that webhook URLs may name; unset:"
+        " any host.",
+    )
+    webhook_dispatch: bool = Field(default=True, description="Whether `wallet serve` workers deliver webhooks.")
+    nats_url: str | None = Field(default=None, description="A NATS server whose JetStream the events go to as well.")
     group_commit_items_max: int = Field(
         default=64, ge=1, le=1000, description="Requests of a worker that may share one transaction; 1 = off."
     )

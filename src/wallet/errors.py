@@ -20,6 +20,7 @@ CODES: dict[str, tuple[int, str]] = {
     "asset_not_found": (404, "Asset not found"),
     "transaction_not_found": (404, "Transaction not found"),
     "hold_not_found": (404, "Hold not found"),
+    "webhook_not_found": (404, "Webhook not found"),
     "method_not_allowed": (405, "Method not allowed"),
     "insufficient_funds": (409, "Insufficient funds"),
     "balance_limit_exceeded": (409, "Balance limit exceeded"),
@@ -124,6 +125,12 @@ class HoldNotFound(WalletError):
     """No hold has this id."""
 
     code = "hold_not_found"
+
+
+class WebhookNotFound(WalletError):
+    """No webhook endpoint has this id (or it was deleted)."""
+
+    code = "webhook_not_found"
 
 
 class AssetScaleImmutable(WalletError):

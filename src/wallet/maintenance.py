@@ -5,12 +5,12 @@ only tidies up and releases what they held on the account), what is left of expi
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import datetime
 
 import asyncpg
 
-from wallet import statistics
+from wallet import sink, statistics, webhooks
+from wallet.clock import Clock, database_clock
 from wallet.config import Settings
 from wallet.database import Database
 from wallet.errors import WalletError
@@ -20,13 +20,6 @@ log = logging.getLogger("wallet.maintenance")
 PURGE_INTERVAL_S = 3600
 EXPIRY_BATCH_MAX = 1000  # holds marked per transaction
 LOT_EXPIRY_BATCH_MAX = 100  # accounts whose expired lots one transaction sweeps (it holds their locks until commit)
-
-Clock = Callable[[], datetime | None]
-"""What time it is for the expiry of lots; None: the database's `now()`. Tests move it forward instead of waiting."""
-
-
-def database_clock() -> datetime | None:
-    return None
 
 
 RETRY_S = 60
@@ -86,7 +79,14 @@ async def statistics_loop(database: Database, interval_s: float) -> None:
 
 
 async def maintain(database: Database, settings: Settings, clock: Clock = database_clock) -> None:
+    """Every loop, and the webhook dispatcher (WALLET_WEBHOOK_DISPATCH) and the NATS sink (WALLET_NATS_URL)."""
+    extra = []
+    if settings.webhook_dispatch:
+        extra.append(webhooks.Dispatcher(database, settings, clock).run())
+    if settings.nats_url:
+        extra.append(sink.run(database, settings.nats_url))
     await asyncio.gather(
+        *extra,
         purge_loop(database, settings),
         expiry_loop(database, settings.hold_expiry_interval_ms / 1000, clock),
         statistics_loop(database, settings.statistics_rollup_interval_ms / 1000),

@@ -395,3 +395,43 @@ class UserRequest(Strict):
         ]
         | None
     ) = None
+
+
+EventType = Literal[
+    "transaction.posted",
+    "hold.created",
+    "hold.captured",
+    "hold.voided",
+    "hold.expired",
+    "user.created",
+    "user.frozen",
+    "user.unfrozen",
+    "balance.threshold_crossed",
+    "webhook.disabled",
+]
+
+
+class WebhookRequest(Strict):
+    """An endpoint to POST events of these types to (http or https; the service's allow-list may narrow the hosts)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"url": "https://game.example/wallet-events", "types": ["transaction.posted"]}]
+        },
+    )
+
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
+    types: Annotated[list[EventType], Field(min_length=1, max_length=len(EventType.__args__))]
+    description: Description | None = None
+
+
+class MonitorRequest(Strict):
+    """Emit `balance.threshold_crossed` when a posting takes a balance of the asset (one user's, or any user's)
+    across the threshold: below it (from at or above), or above it (from at or below)."""
+
+    asset: AssetCode
+    user_id: UserId | None = None
+    condition: Literal["below", "above"]
+    threshold: Annotated[int, Field(ge=0, le=AMOUNT_MAX * 1000)]

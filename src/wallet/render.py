@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # RFC 3339, UTC, microseconds
-PUBLIC_ID = re.compile(r"(tx|hold)_([0-9a-f]{16})")
+PUBLIC_ID = re.compile(r"(tx|hold|wh|whd)_([0-9a-f]{16})")
 
 
 def public_id(internal_id: int, prefix: str = "tx") -> str:

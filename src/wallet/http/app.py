@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from wallet import __version__, ledger, maintenance
+from wallet.clock import Clock, database_clock
 from wallet.config import Settings, get_settings
 from wallet.http import openapi, problems
 from wallet.http.envelope import Envelope
-from wallet.http.routes import assets, health, holds, movements, statistics, transactions, users
+from wallet.http.routes import assets, events, health, holds, movements, statistics, transactions, users, webhooks
 from wallet.http.services import Services
 
 ROUTERS = (
@@ -23,13 +24,15 @@ ROUTERS = (
     movements.router,
     holds.router,
     transactions.router,
+    events.router,
+    webhooks.router,
 )
 
 
 def create_app(
     settings: Settings | None = None,
     database_url: str | None = None,
-    clock: maintenance.Clock = maintenance.database_clock,
+    clock: Clock = database_clock,
 ) -> FastAPI:
     """The service. `clock` is the time the expiry of lots goes by (the database's unless a test moves it)."""
     settings = settings or get_settings()

@@ -179,3 +179,74 @@ class Statistics(BaseModel):
     from_: str | None = Field(alias="from", examples=[None], description="The window's start, included.")
     to: str | None = Field(examples=[None], description="The window's end, excluded.")
     assets: list[AssetStatistics]
+
+
+class Event(BaseModel):
+    id: str = Field(examples=["evt_tx_0000000000000008"])
+    type: str = Field(examples=["transaction.posted"], description="One of the event types (spec/API.md).")
+    created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    data: dict[str, Any] = Field(description="The object as the API shows it at the change: a transaction, a hold…")
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next_cursor: str = Field(
+        examples=["ev_1234_0_8"], description="Never null: where to ask from next, also when `items` is empty."
+    )
+
+
+class Webhook(BaseModel):
+    id: str = Field(examples=["wh_0000000000000001"])
+    url: str = Field(examples=["https://game.example/wallet-events"])
+    types: list[str] = Field(examples=[["transaction.posted"]])
+    description: str | None = None
+    status: Literal["active", "disabled"]
+    created_at: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    failing_since: str | None = Field(default=None, description="The first failure since the last delivery.")
+    disabled_at: str | None = Field(default=None, description="Set when it had failed for 72 hours.")
+    secret: str | None = Field(
+        default=None, description="Only in the answers of its creation and of a rotation: it is never shown again."
+    )
+
+
+class WebhookList(BaseModel):
+    items: list[Webhook]
+    next_cursor: str | None
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int
+    started_at: str
+    duration_ms: int
+    status_code: int | None = Field(description="The receiver's HTTP status; null when there was no answer.")
+    error: str | None
+
+
+class Delivery(BaseModel):
+    id: str = Field(examples=["whd_0000000000000001"])
+    event_id: str
+    event_type: str
+    status: Literal["pending", "delivered"]
+    attempts: list[DeliveryAttempt]
+    next_attempt_at: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[Delivery]
+    next_cursor: str | None
+
+
+class Monitor(BaseModel):
+    id: str = Field(examples=["mon_0000000000000001"])
+    asset: str = Field(examples=["GOLD"])
+    user_id: str | None = Field(description="null: every user's balance of the asset.")
+    condition: Literal["below", "above"]
+    threshold: int
+    created_at: str
+
+
+class MonitorList(BaseModel):
+    items: list[Monitor]
+    next_cursor: str | None
