@@ -346,8 +346,14 @@ async def test_every_event_reaches_nats_jetstream_once_across_a_nats_restart(nat
             await asyncio.sleep(0.5)
             settings = Settings(database_url=url, nats_url=nats_url, webhook_dispatch=False)
             async with in_process(create_app(settings)) as http:
+                # The sink starts at the feed's head when it first runs: wait for it to have taken its position.
+                probe = await connect(url, Settings(database_url=url))
+                for _ in range(200):
+                    if await probe.fetchval("SELECT count(*) FROM event_sinks WHERE name = $1", sink.NAME):
+                        break
+                    await asyncio.sleep(0.05)
+                await probe.close()
                 assert (await http.put("/v1/users/nats-user", headers=headers)).status_code == 201
-                await asyncio.sleep(1.0)  # the sink starts at the feed's head
                 sent: list[str] = []
                 for batch in range(10):
                     if batch == 5:
