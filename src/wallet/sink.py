@@ -89,6 +89,8 @@ async def run(database: Database, url: str) -> None:
             raise
         except (*DATABASE_ERRORS, WalletError, nats.errors.Error) as exc:
             log.warning("NATS sink paused: %s", exc)
+        except Exception:  # the sink must outlive any one failure: logged, then on after a pause
+            log.exception("NATS sink failed")
         await asyncio.sleep(RETRY_S)
 
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatch
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -67,16 +67,26 @@ def retry_delay_s(attempts: int) -> float:
 
 def check_url(url: str, allowed_hosts: str | None) -> None:
     """http(s) URLs with a host; with an allow-list (WALLET_WEBHOOK_ALLOWED_HOSTS), only its hosts."""
-    parts = urlsplit(url)
     problem = None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # both raise ValueError on a malformed authority ("]", a bad port)
+    except ValueError:
+        _refuse("a well-formed URL")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        problem = "a URL without spaces or control characters"
+    elif parts.scheme not in ("http", "https") or not host:
         problem = "an http or https URL with a host"
     elif parts.username or parts.password:
         problem = "a URL without credentials (the signature authenticates the sender)"
-    elif not host_allowed(parts.hostname, allowed_hosts):
-        problem = f"a URL whose host is allowed (WALLET_WEBHOOK_ALLOWED_HOSTS); {parts.hostname} is not"
+    elif not host_allowed(host, allowed_hosts):
+        problem = f"a URL whose host is allowed (WALLET_WEBHOOK_ALLOWED_HOSTS); {host} is not"
     if problem:
-        raise ValidationFailed(f"url must be {problem}.", [{"loc": ["body", "url"], "msg": problem, "type": "url"}])
+        _refuse(problem)
+
+
+def _refuse(problem: str) -> NoReturn:
+    raise ValidationFailed(f"url must be {problem}.", [{"loc": ["body", "url"], "msg": problem, "type": "url"}])
 
 
 def host_allowed(host: str, allowed_hosts: str | None) -> bool:
@@ -263,6 +273,9 @@ class Dispatcher:
                 except WalletError as exc:
                     log.warning("webhook dispatch skipped: %s", exc.detail)
                     await asyncio.sleep(5)
+                except Exception:  # the dispatcher must outlive any one failure: logged, then on after a pause
+                    log.exception("webhook dispatch failed")
+                    await asyncio.sleep(5)
 
     async def fan_out(self) -> int:
         """Each active endpoint's next events into deliveries, under its row lock (SKIP LOCKED: another dispatcher
@@ -366,8 +379,8 @@ class Dispatcher:
                 status_code = response.status_code
             except httpx.TimeoutException:
                 error = f"no answer within {self.timeout_s:g} s"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+            except Exception as exc:  # any failure to send is the attempt's error (httpx.InvalidURL is no HTTPError)
+                error = f"{type(exc).__name__}: {exc}"[:500]
         duration_ms = int((time.monotonic() - started) * 1000)
         delivered = status_code is not None and 200 <= status_code < 300
         try:
