@@ -441,3 +441,17 @@ async def test_three_dispatchers_deliver_every_event_once(hooks_url: str) -> Non
             await delete(a, hook["id"])
     ids = [e["id"] for e in receiver.events()]
     assert sorted(ids) == sorted(f"evt_{tx['id']}" for tx in sent)
+
+
+async def test_after_a_rotation_both_secrets_sign_for_a_day(hooks_url: str) -> None:
+    with Receiver().running() as receiver:
+        async with service(hooks_url) as http:
+            hook = await register(http, receiver.url)
+            rotated = (await http.post(f"/v1/webhooks/{hook['id']}/rotate-secret", headers=HEADERS)).json()
+            await topup(http, "alice", 7)
+            await until(lambda: len(receiver.received) >= 1, "a delivery")
+            await delete(http, hook["id"])
+    (received,) = receiver.received[:1]
+    assert received.headers["Wallet-Signature"].count("v1=") == 2
+    verify_signature(rotated["secret"], received)
+    verify_signature(hook["secret"], received)

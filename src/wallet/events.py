@@ -8,26 +8,17 @@ event once and never skips one that commits later. Webhooks and the NATS sink re
 
 import re
 from dataclasses import dataclass
+from typing import get_args
 
 import asyncpg
 import orjson
 
 from wallet.errors import ValidationFailed
 from wallet.ledger import view
+from wallet.models import EventType
 from wallet.render import public_id, timestamp
 
-EVENT_TYPES: tuple[str, ...] = (
-    "transaction.posted",
-    "hold.created",
-    "hold.captured",
-    "hold.voided",
-    "hold.expired",
-    "user.created",
-    "user.frozen",
-    "user.unfrozen",
-    "balance.threshold_crossed",
-    "webhook.disabled",
-)
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)  # the types, named once (models.EventType)
 _TYPE = "(" + "|".join(re.escape(t) for t in EVENT_TYPES) + ")"
 TYPES_PATTERN = f"^{_TYPE}(,{_TYPE})*$"
 TRANSACTION_SOURCE, EVENT_SOURCE = 0, 1

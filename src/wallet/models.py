@@ -1,6 +1,6 @@
 """Request and response models. Requests are strict: an amount of 10.0, "10" or true is a validation error."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -423,7 +423,7 @@ class WebhookRequest(Strict):
     )
 
     url: Annotated[str, StringConstraints(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
-    types: Annotated[list[EventType], Field(min_length=1, max_length=len(EventType.__args__))]
+    types: Annotated[list[EventType], Field(min_length=1, max_length=len(get_args(EventType)))]
     description: Description | None = None
 
 

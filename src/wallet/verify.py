@@ -9,6 +9,21 @@ from wallet.kinds import SYSTEM_ACCOUNTS
 
 _SYSTEM_NAMES = ", ".join(f"'system:{name}'" for name in SYSTEM_ACCOUNTS)
 
+
+def _two_legs(kind: str, receiver: str) -> str:
+    """Transactions of this type whose legs are not exactly two: its amount of its asset out of its user's account,
+    and into the account `receiver` (a condition on `a`, the account, and `e`, the entry) names."""
+    return f"""
+        SELECT wallet_public_id(t.id) AS transaction, t.user_id, t.asset, t.amount,
+               array_agg(a.name || ' ' || a.asset || ' ' || e.amount ORDER BY e.leg) AS legs
+          FROM transactions t JOIN entries e ON e.transaction_id = t.id JOIN accounts a ON a.id = e.account_id
+         WHERE t.type = '{kind}'
+         GROUP BY t.id
+        HAVING count(*) <> 2
+            OR count(*) FILTER (WHERE a.name = 'user:' || t.user_id AND a.asset = t.asset AND e.amount = -t.amount) <> 1
+            OR count(*) FILTER (WHERE {receiver} AND a.asset = t.asset AND e.amount = t.amount) <> 1"""
+
+
 # Each check is a set-based query returning the violating rows; a clean ledger returns none.
 VERIFY_CHECKS: dict[str, str] = {
     "every transaction's entries sum to 0 in each asset (at least two legs, one in its own asset)": """
@@ -81,16 +96,9 @@ VERIFY_CHECKS: dict[str, str] = {
         SELECT a.name, a.asset FROM accounts a
           LEFT JOIN assets s ON s.code = a.asset LEFT JOIN users u ON u.user_id = a.user_id
          WHERE s.code IS NULL OR a.user_id IS NOT NULL AND u.user_id IS NULL""",
-    "every transfer moves its amount of its asset from its user to another user, in two legs": """
-        SELECT wallet_public_id(t.id) AS transaction, t.user_id, t.asset, t.amount,
-               array_agg(a.name || ' ' || a.asset || ' ' || e.amount ORDER BY e.leg) AS legs
-          FROM transactions t JOIN entries e ON e.transaction_id = t.id JOIN accounts a ON a.id = e.account_id
-         WHERE t.type = 'transfer'
-         GROUP BY t.id
-        HAVING count(*) <> 2
-            OR count(*) FILTER (WHERE a.name = 'user:' || t.user_id AND a.asset = t.asset AND e.amount = -t.amount) <> 1
-            OR count(*) FILTER (WHERE a.kind = 'user' AND a.name <> 'user:' || t.user_id AND a.asset = t.asset
-                                  AND e.amount = t.amount) <> 1""",
+    "every transfer moves its amount of its asset from its user to another user, in two legs": _two_legs(
+        "transfer", "a.kind = 'user' AND a.name <> 'user:' || t.user_id"
+    ),
     "every stripe belongs to a system account": """
         SELECT s.account_id, s.stripe FROM account_stripes s JOIN accounts a ON a.id = s.account_id
          WHERE a.kind <> 'system'""",
@@ -176,15 +184,9 @@ VERIFY_CHECKS: dict[str, str] = {
           LEFT JOIN entries e ON e.transaction_id = u.transaction_id AND e.account_id = t.account_id
          GROUP BY u.transaction_id, t.account_id, e.amount
         HAVING e.amount IS NULL OR sum(u.amount) <> -e.amount""",
-    "every expiry moves its amount from its user to system:expired of its asset, in two legs": """
-        SELECT wallet_public_id(t.id) AS transaction, t.user_id, t.asset, t.amount,
-               array_agg(a.name || ' ' || a.asset || ' ' || e.amount ORDER BY e.leg) AS legs
-          FROM transactions t JOIN entries e ON e.transaction_id = t.id JOIN accounts a ON a.id = e.account_id
-         WHERE t.type = 'expiry'
-         GROUP BY t.id
-        HAVING count(*) <> 2
-            OR count(*) FILTER (WHERE a.name = 'user:' || t.user_id AND a.asset = t.asset AND e.amount = -t.amount) <> 1
-            OR count(*) FILTER (WHERE a.name = 'system:expired' AND a.asset = t.asset AND e.amount = t.amount) <> 1""",
+    "every expiry moves its amount from its user to system:expired of its asset, in two legs": _two_legs(
+        "expiry", "a.name = 'system:expired'"
+    ),
     "every idempotency record names one outcome, which exists: a transaction, a hold, or a problem": """
         SELECT k.api_key_id, k.key, k.transaction_id, k.hold_id FROM idempotency_keys k
           LEFT JOIN transactions t ON t.id = k.transaction_id
