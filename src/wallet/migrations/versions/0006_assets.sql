@@ -347,7 +347,8 @@ $$;
 -- the registry like any other (two user legs: the engine locks both accounts in id order, as it does for every
 -- posting with several user legs); accounts missing on the way are opened by wallet_refusal(). After a posting:
 -- the lots of the user accounts it moved that keep them (wallet_lots_post()); whether any does is read from the
--- rows the statement updated, under their locks, so postings of assets without expiry pay nothing more.
+-- rows the statement updated, under their locks, so postings of assets without expiry pay one returned column
+-- and one bool_or, and no query.
 CREATE OR REPLACE FUNCTION wallet_request(p_item wallet_item)
 RETURNS wallet_outcome
 LANGUAGE plpgsql AS $$

@@ -121,7 +121,7 @@ CREATE TABLE webhook_attempts (
 -- Balance monitors: a posting that takes a matching balance across the threshold (below: from >= threshold to
 -- < threshold; above: from <= threshold to > threshold) emits balance.threshold_crossed, once per crossing. The
 -- accounts a monitor watches are flagged (`monitored`), so that the trigger below is evaluated in C (its WHEN) for
--- every other account and never called: postings of unwatched accounts pay nothing.
+-- every other account and never called: postings of unwatched accounts pay only that test.
 CREATE TABLE monitors (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     asset      text NOT NULL REFERENCES assets (code),
