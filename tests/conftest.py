@@ -119,8 +119,9 @@ async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[ht
 
 
 @contextlib.contextmanager
-def serving(database_url: str) -> Iterator[str]:
-    """A real `wallet serve` process (two workers) on `database_url`; yields its base URL, stops it after."""
+def serving(database_url: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `wallet serve` process (two workers) on `database_url`, with `env` added to its environment; yields its
+    base URL, stops it after."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="wallet-serve-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
@@ -133,6 +134,7 @@ def serving(database_url: str) -> Iterator[str]:
             # One group of requests on its way to the database per worker: concurrent requests always coalesce,
             # so every test through this server exercises group commit.
             "WALLET_GROUP_COMMIT_GROUPS_MAX": "1",
+            **(env or {}),
         },
         stdout=log,
         stderr=subprocess.STDOUT,

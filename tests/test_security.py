@@ -66,9 +66,19 @@ ROUTE_SCOPES: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): {"admin"},
     ("POST", "/v1/monitors"): {"admin"},
     ("GET", "/v1/monitors"): {"admin"},
+    ("GET", "/v1/users"): {"read"},
+    ("GET", "/v1/system-accounts"): {"read"},
+    ("GET", "/v1/volume"): {"read"},
+    ("GET", "/v1/verify-reports"): {"read"},
 }
 # Routes anyone may call, by the contract.
-OPEN_PATHS = {"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+OPEN_PATHS = {
+    "/health",
+    "/metrics",  # Prometheus scrapes without a key (spec/API.md, "Operations")
+    "/openapi.json",
+    *("/docs", "/docs/init.js", "/docs/assets/{name}"),  # Swagger UI, served from this origin
+    *("/console", "/console/{name}"),  # the operator console: a page that calls /v1 with the key pasted in it
+}
 PATH_VALUES = {
     "user_id": "alice",
     "asset": "GOLD",

@@ -676,6 +676,15 @@ async def run_verify(url: str) -> tuple[int, set[str], str]:
     return result.returncode, failed, result.stdout + result.stderr
 
 
+async def last_report(conn: asyncpg.Connection) -> tuple[int, set[str]]:
+    """What the last run kept for the console and /metrics: its count of failed checks, and their names."""
+    row = await conn.fetchrow("SELECT failed, checks FROM verify_reports ORDER BY id DESC LIMIT 1")
+    assert row is not None
+    checks = row["checks"]
+    assert [c["name"] for c in checks] == list(VERIFY_CHECKS)
+    return row["failed"], {c["name"] for c in checks if c["violations"]}
+
+
 async def violations(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
     """The checks that fail, run in-process (as `wallet verify` runs them), with their samples."""
     return {result.name: result.sample for result in await verify(conn) if result.violations}
@@ -693,6 +702,7 @@ async def test_the_ledger_with_every_kind_of_posting_verifies_clean(
     status, failed, report = await run_verify(verify_url)
     assert (status, failed) == (0, set()), report
     assert "ledger is consistent" in report
+    assert await last_report(conn) == (0, set())
 
 
 def test_every_case_names_a_check_and_says_why_others_fail_too() -> None:
@@ -735,6 +745,7 @@ async def test_verify_catches_a_corruption_of(
                     await conn.execute(f"ALTER TABLE {dropped[0]} ADD CONSTRAINT {dropped[1]} {dropped[2]}")
         assert status == 1, (case.what, report)
         assert failed == {name} | case.also, (case.what, report)
+        assert await last_report(conn) == (len(failed), failed), case.what
         assert await violations(conn) == {}, case.what  # undone: clean again
 
 

@@ -1,13 +1,16 @@
 """The `wallet` command: serve, migrate, seed, verify, keys, dispatch, events."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Annotated, TypeVar
 
@@ -18,9 +21,9 @@ from sqlalchemy.exc import OperationalError
 
 from wallet import events as feed
 from wallet import keys as api_keys
+from wallet import metrics, webhooks
 from wallet import seed as seeding
 from wallet import verify as verification
-from wallet import webhooks
 from wallet.clock import database_clock
 from wallet.config import get_settings
 from wallet.database import Database, connect, database_url, describe, migrate, set_database_url_for_children
@@ -111,7 +114,7 @@ def serve(
     settings = get_settings()
     configure(settings.log_level)
     workers = workers or os.cpu_count() or 1
-    with database_url(settings) as url:
+    with contextlib.ExitStack() as stack, database_url(settings) as url:
         try:
             _prepare(url)
         except (OperationalError, *DATABASE_ERRORS) as exc:
@@ -122,6 +125,7 @@ def serve(
             )
             threading.Thread(target=_prepare_when_reachable, args=(url,), daemon=True).start()
         set_database_url_for_children(url)
+        _metrics_across_workers(workers, settings.metrics, stack)
         typer.echo(
             f"wallet: serving on http://{host}:{port} with {workers} worker(s), database {describe(url)}", err=True
         )
@@ -137,6 +141,14 @@ def serve(
             server_header=False,
             proxy_headers=False,  # X-Forwarded-* are not trusted: the service reads no client address from them
         )
+
+
+def _metrics_across_workers(workers: int, enabled: bool, stack: contextlib.ExitStack) -> None:
+    """With several workers, each keeps its metrics in files of a directory of this run (made empty, removed at the
+    end), so that a scrape answered by any of them reports them all (wallet.metrics)."""
+    if workers > 1 and enabled:
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="wallet-metrics-"))
+        os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = directory
 
 
 @app.command("migrate")
@@ -158,10 +170,17 @@ def seed() -> None:
 
 @app.command()
 def verify() -> None:
-    """Check every invariant of the ledger; exit status 1 on any violation."""
+    """Check every invariant of the ledger and keep the report; exit status 1 on any violation."""
+
+    async def run(conn: asyncpg.Connection) -> tuple[list[verification.CheckResult], dict[str, int]]:
+        started_at = datetime.now(UTC)
+        results = await verification.verify(conn)
+        totals = await verification.ledger_totals(conn)
+        await verification.record(conn, started_at, results, totals)
+        return results, totals
+
     with database_url(get_settings()) as url:
-        results = _with_connection(url, verification.verify)
-        totals = _with_connection(url, verification.ledger_totals)
+        results, totals = _with_connection(url, run)
     typer.echo(", ".join(f"{count} {name}" for name, count in totals.items()))
     failed = 0
     for result in results:

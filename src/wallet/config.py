@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     webhook_dispatch: bool = Field(default=True, description="Whether `wallet serve` workers deliver webhooks.")
     nats_url: str | None = Field(default=None, description="A NATS server whose JetStream the events go to as well.")
+    metrics: bool = Field(
+        default=True, description="Whether GET /metrics answers (Prometheus text format, no key); off: a 404."
+    )
     group_commit_items_max: int = Field(
         default=64, ge=1, le=1000, description="Requests of a worker that may share one transaction; 1 = off."
     )

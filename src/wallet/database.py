@@ -18,6 +18,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from wallet import metrics
 from wallet.config import Settings
 from wallet.errors import (
     DATABASE_ERRORS,
@@ -155,12 +156,14 @@ async def with_retries(attempts_max: int, reconnect_window_s: float, operation: 
     while True:
         try:
             return await operation()
-        except NotSent:
+        except NotSent as exc:
+            metrics.DATABASE_ERRORS.labels(metrics.error_class(exc.cause)).inc()
             if unknown_since is None:
                 raise
             if time.monotonic() - unknown_since >= reconnect_window_s:
                 raise OutcomeUnknown() from None
         except DATABASE_ERRORS as exc:
+            metrics.DATABASE_ERRORS.labels(metrics.error_class(exc)).inc()
             if is_conflict(exc):
                 conflicts += 1
                 if conflicts >= attempts_max:
@@ -198,13 +201,19 @@ class Database:
 
     async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async def attempt() -> T:
+            metrics.POOL_WAITING.inc()
             try:
                 conn = await self.pool.acquire(timeout=self.settings.pool_acquire_timeout_ms / 1000)
             except DATABASE_ERRORS as exc:
                 raise NotSent(exc) from exc
+            finally:
+                metrics.POOL_WAITING.dec()
+            metrics.POOL_IN_USE.inc()
+            metrics.POOL_SIZE.set(self.pool.get_size())
             try:
                 return await work(cast(asyncpg.Connection, conn))
             finally:
+                metrics.POOL_IN_USE.dec()
                 await self.pool.release(conn)
 
         try:

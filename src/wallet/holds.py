@@ -12,6 +12,7 @@ from typing import Any, Literal
 import asyncpg
 import orjson
 
+from wallet import metrics
 from wallet.database import Database
 from wallet.errors import CODES, HoldNotFound, UserNotFound, ValidationFailed
 from wallet.ledger import Caller, Posting, item
@@ -113,7 +114,10 @@ async def _change(
             hold = _view(found)
             return HoldOutcome(row["outcome"], hold.as_created() if isinstance(change, NewHold) else hold, None)
 
-    return await database.run(work)
+    outcome = await database.run(work)
+    if outcome.kind == "replayed":
+        metrics.REPLAYS.inc()
+    return outcome
 
 
 async def create(database: Database, caller: Caller, idempotency_key: str, hold: NewHold) -> HoldOutcome:

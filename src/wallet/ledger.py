@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import asyncpg
 import orjson
 
+from wallet import metrics
 from wallet.database import Database
 from wallet.errors import CODES
 from wallet.kinds import KINDS, TRANSFER, Kind
@@ -250,9 +251,14 @@ class Outcome:
 
 def outcome(row: asyncpg.Record) -> Outcome:
     """A `wallet_outcome` row: the transaction, with the posting the engine wrote (its legs included)."""
+    if row["outcome"] == "replayed":
+        metrics.REPLAYS.inc()
     if row["transaction_id"] is None:
         return Outcome(row["outcome"], None, row["problem"])
     p = row["posting"]
+    if row["outcome"] == "created":
+        metrics.POSTINGS.labels(p["type"], p["asset"]).inc()
+        metrics.AMOUNTS.labels(p["type"], p["asset"]).inc(p["amount"])
     transaction = TransactionView(
         id=row["transaction_id"],
         type=p["type"],

@@ -13,6 +13,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
+from wallet import metrics
 from wallet.errors import WalletError
 from wallet.keys import ApiKey
 
@@ -51,6 +52,7 @@ class RateLimiter:
             )
             return
         retry_after_s = max(1, math.ceil(stats.reset_time - time.time()))
+        metrics.RATE_LIMITED.labels(key.name).inc()
         raise RateLimited(
             f"The key {key.name} is limited to {per_s} requests per second.",
             headers={"Retry-After": str(retry_after_s)},

@@ -4,7 +4,7 @@ balances (now, or as they were at an instant), history pages, transactions and t
 An unknown user is reported before an unknown asset, on every route.
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import orjson
@@ -108,6 +108,27 @@ def _user(row: asyncpg.Record) -> bytes:
             "created_at": timestamp(row["created_at"]),
         }
     )
+
+
+async def list_users(database: Database, prefix: str, limit: int, after: str | None) -> bytes:
+    """A page of the users whose id starts with `prefix`, by id (in bytes: ids are ASCII); the cursor is the last id
+    of the previous page."""
+    rows = await database.fetch(
+        f"""SELECT {_USER_COLUMNS} FROM users u
+             WHERE u.user_id COLLATE "C" >= $1 AND u.user_id COLLATE "C" < $1 || '~'  -- '~' follows every id character
+               AND u.user_id COLLATE "C" > coalesce($2, '')
+             ORDER BY u.user_id COLLATE "C" LIMIT $3""",
+        prefix,
+        after,
+        limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    page = {
+        "items": [orjson.Fragment(_user(row)) for row in rows],
+        "next_cursor": rows[-1]["user_id"] if more else None,
+    }
+    return orjson.dumps(page)
 
 
 # A user has no account until a posting first credits it (wallet_open_accounts()): balances read 0 meanwhile.
@@ -287,3 +308,48 @@ async def get_history(database: Database, user_id: str, asset: str | None, limit
         next_cursor = public_id(views[-1].id)
     page = {"items": [orjson.Fragment(v.render()) for v in views], "next_cursor": next_cursor}
     return orjson.dumps(page)
+
+
+async def list_system_accounts(database: Database, asset: str | None) -> bytes:
+    """Every system account's balance (the sum of its stripes), by asset and name."""
+    rows = await database.fetch(
+        """SELECT a.code AS asset, b.name, b.balance, a.code IS NOT NULL AS asset_exists
+             FROM (SELECT $1::text AS wanted) w
+             LEFT JOIN assets a ON a.code = coalesce(w.wanted, a.code)
+             LEFT JOIN account_balances b ON b.asset = a.code AND b.kind = 'system'
+            ORDER BY a.code, b.name""",
+        asset,
+    )
+    if asset is not None and not rows[0]["asset_exists"]:
+        raise AssetNotFound(f"Asset {asset} does not exist.")
+    items = [{"asset": r["asset"], "account": r["name"], "balance": r["balance"]} for r in rows if r["name"]]
+    return orjson.dumps({"items": items})
+
+
+# Transactions by the hour they were created in, per asset and type, over the last `hours` (the BRIN index of
+# migration 0009 finds them). A purchase's rewards count with the purchase, in the purchase's asset.
+_VOLUME_SQL = """
+    SELECT asset, date_bin('1 hour', created_at, timestamptz 'epoch') AS hour, type,
+           count(*) AS count, sum(amount) AS amount
+      FROM transactions
+     WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR asset = $3)
+     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+
+
+async def volume(database: Database, hours: int, asset: str | None) -> bytes:
+    """Counts and amounts of transactions per asset, hour and type, from the start of the hour `hours - 1` hours
+    before the current one to now."""
+    now = await database.fetchval("SELECT now()")
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    rows = await database.fetch(_VOLUME_SQL, start, now, asset)
+    items = [
+        {
+            "asset": r["asset"],
+            "hour": timestamp(r["hour"]),
+            "type": r["type"],
+            "count": r["count"],
+            "amount": int(r["amount"]),
+        }
+        for r in rows
+    ]
+    return orjson.dumps({"from": timestamp(start), "to": timestamp(now), "items": items})

@@ -1,11 +1,15 @@
 """`wallet verify`: every invariant of the ledger, checked by set-based queries on one snapshot."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
+from wallet.database import Database
 from wallet.kinds import SYSTEM_ACCOUNTS
+from wallet.render import timestamp
 
 _SYSTEM_NAMES = ", ".join(f"'system:{name}'" for name in SYSTEM_ACCOUNTS)
 
@@ -229,3 +233,43 @@ async def ledger_totals(conn: asyncpg.Connection) -> dict[str, int]:
     )
     assert row is not None
     return {key: int(value) for key, value in row.items()}
+
+
+async def record(
+    conn: asyncpg.Connection, started_at: datetime, results: list[CheckResult], totals: dict[str, int]
+) -> None:
+    """Keeps a run's report (the console shows the last one, /metrics its result and time)."""
+    # Samples hold dates and numerics: as their text.
+    checks = orjson.loads(orjson.dumps([asdict(result) for result in results], default=str))
+    await conn.execute(
+        "INSERT INTO verify_reports (started_at, failed, totals, checks) VALUES ($1, $2, $3, $4)",
+        started_at,
+        sum(result.violations > 0 for result in results),
+        totals,
+        checks,
+    )
+
+
+async def list_reports(database: Database, limit: int, before: int | None) -> bytes:
+    """A page of verify reports, newest first; the cursor is the last report's id."""
+    rows = await database.fetch(
+        "SELECT id, started_at, finished_at, failed, totals::text, checks::text FROM verify_reports"
+        " WHERE id < coalesce($1, 9223372036854775807) ORDER BY id DESC LIMIT $2",
+        before,
+        limit + 1,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [
+        {
+            "id": f"vr_{row['id']}",
+            "started_at": timestamp(row["started_at"]),
+            "finished_at": timestamp(row["finished_at"]),
+            "ok": row["failed"] == 0,
+            "failed": row["failed"],
+            "totals": orjson.Fragment(row["totals"]),
+            "checks": orjson.Fragment(row["checks"]),
+        }
+        for row in rows
+    ]
+    return orjson.dumps({"items": items, "next_cursor": f"vr_{rows[-1]['id']}" if more else None})

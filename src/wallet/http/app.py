@@ -8,12 +8,25 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from wallet import __version__, ledger, maintenance
+from wallet import __version__, ledger, maintenance, tracing
 from wallet.clock import Clock, database_clock
 from wallet.config import Settings, get_settings
 from wallet.http import openapi, problems
 from wallet.http.envelope import Envelope
-from wallet.http.routes import assets, events, health, holds, movements, statistics, transactions, users, webhooks
+from wallet.http.routes import (
+    assets,
+    console,
+    docs,
+    events,
+    health,
+    holds,
+    movements,
+    operations,
+    statistics,
+    transactions,
+    users,
+    webhooks,
+)
 from wallet.http.services import Services
 
 ROUTERS = (
@@ -26,6 +39,9 @@ ROUTERS = (
     transactions.router,
     events.router,
     webhooks.router,
+    operations.router,
+    docs.router,
+    console.router,
 )
 
 
@@ -62,6 +78,8 @@ def create_app(
         title="Wallet service",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by routes/docs.py, from this origin rather than a CDN
+        redoc_url=None,
         description="Double-entry wallet for virtual credits. Errors are RFC 9457 problem documents.",
     )
     app.state.services = shared
@@ -72,7 +90,12 @@ def create_app(
     openapi.install(app)
     # 1,000 operations do not fit in 64 KiB: batches get their own limit.
     by_path = {"/v1/batch": settings.batch_body_size_max_bytes}
+    traced = tracing.enabled()
+    if traced:
+        app.add_middleware(tracing.RequestIdAttribute)  # added first: runs innermost
     app.add_middleware(Envelope, body_size_max_bytes=settings.body_size_max_bytes, body_size_max_bytes_by_path=by_path)
+    if traced:
+        app.add_middleware(tracing.RequestSpans)
     return app
 
 

@@ -250,3 +250,53 @@ class Monitor(BaseModel):
 class MonitorList(BaseModel):
     items: list[Monitor]
     next_cursor: str | None
+
+
+class UserPage(BaseModel):
+    items: list[User]
+    next_cursor: str | None = Field(examples=["alice"])
+
+
+class SystemAccount(BaseModel):
+    asset: str = Field(examples=["GOLD"])
+    account: str = Field(examples=["system:treasury"])
+    balance: int = Field(examples=[-125_000], description="The sum of its stripes; treasury and bonus_pool go below 0.")
+
+
+class SystemAccountList(BaseModel):
+    items: list[SystemAccount]
+
+
+class VolumeRow(BaseModel):
+    asset: str = Field(examples=["GOLD"])
+    hour: str = Field(examples=["2026-12-03T15:00:00.000000Z"], description="The start of the hour.")
+    type: str = Field(examples=["topup"])
+    count: int = Field(examples=[12])
+    amount: int = Field(examples=[3400], description="The sum of the transactions' amounts, in their asset.")
+
+
+class Volume(BaseModel):
+    from_: str = Field(alias="from", examples=["2026-12-02T16:00:00.000000Z"])
+    to: str = Field(examples=[TIMESTAMP_EXAMPLE])
+    items: list[VolumeRow] = Field(description="Hours without transactions of an asset and type are left out.")
+
+
+class VerifyCheck(BaseModel):
+    name: str
+    violations: int
+    sample: list[dict[str, Any]] = Field(description="Up to five violating rows.")
+
+
+class VerifyReport(BaseModel):
+    id: str = Field(examples=["vr_1"])
+    started_at: str
+    finished_at: str
+    ok: bool
+    failed: int = Field(description="Checks with violations.")
+    totals: dict[str, int] = Field(examples=[{"transactions": 10, "entries": 20, "accounts": 9, "users": 3}])
+    checks: list[VerifyCheck]
+
+
+class VerifyReportPage(BaseModel):
+    items: list[VerifyReport]
+    next_cursor: str | None = Field(examples=["vr_1"])

@@ -7,8 +7,10 @@ import time
 import uuid
 
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from wallet import metrics
 from wallet.errors import InternalError, PayloadTooLarge
 from wallet.http import problems
 from wallet.logs import log_request
@@ -22,7 +24,16 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+UNMATCHED = "unmatched"  # the route label of a request no route took (a 404): paths are not labels
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# The pages (Swagger UI, the console) load what they need from this origin only, with no inline script or style;
+# Swagger UI's stylesheet draws its icons as data: URLs.
+PAGE_CSP = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+)
+PAGES = frozenset(("docs", "console"))  # first path segments
 
 
 class RequestContext:
@@ -60,8 +71,7 @@ class Envelope:
         status_holder = [500]
         response_started = [False]
         extra_headers = [(b"x-request-id", request_context.request_id.encode()), *SECURITY_HEADERS]
-        if not scope["path"].startswith("/docs"):
-            extra_headers.append(API_CSP)
+        extra_headers.append(PAGE_CSP if scope["path"][1:].partition("/")[0] in PAGES else API_CSP)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -92,11 +102,16 @@ class Envelope:
             if not response_started[0]:
                 await problems.send(respond, InternalError("Unexpected error; nothing was written."))
         finally:
+            duration_s = time.perf_counter() - started
+            route = scope.get("route")
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else UNMATCHED
+            metrics.REQUESTS.labels(method, template, status_holder[0]).inc()
+            metrics.LATENCY.labels(method, template).observe(duration_s)
             log_request(
                 method=method,
                 path=scope["path"],
                 status=status_holder[0],
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                duration_ms=round(duration_s * 1000, 3),
                 request_id=request_context.request_id,
                 key=request_context.key_name,
                 transaction_id=request_context.transaction_id,

@@ -9,15 +9,43 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from wallet import reads
 from wallet.http import body, openapi
 from wallet.http.auth import require
-from wallet.http.documents import Balance, Balances, TransactionPage, User
+from wallet.http.documents import Balance, Balances, TransactionPage, User, UserPage
 from wallet.http.openapi import responses
 from wallet.http.routes.params import AssetPath, AssetQuery, LimitQuery, UserIdPath, as_of
 from wallet.http.services import database
-from wallet.models import CURSOR_PATTERN, PAGE_LIMIT_DEFAULT, EmptyRequest, FreezeRequest, UserRequest
+from wallet.models import (
+    CURSOR_PATTERN,
+    PAGE_LIMIT_DEFAULT,
+    USER_ID_PATTERN,
+    EmptyRequest,
+    FreezeRequest,
+    UserRequest,
+)
 
 router = APIRouter()
 JSON = "application/json"
 read = [Depends(require("read"))]
+
+
+@router.get(
+    "/v1/users",
+    response_model=UserPage,
+    tags=["users"],
+    summary="Find users by the start of their id",
+    responses=responses(200, UserPage, "A page of users, by id.", "validation_error"),
+    dependencies=read,
+)
+async def list_users(
+    request: Request,
+    prefix: Annotated[
+        str, Query(pattern=r"^[A-Za-z0-9_.:@-]{0,64}$", description="What their ids start with (default: any).")
+    ] = "",
+    limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+    cursor: Annotated[
+        str | None, Query(pattern=USER_ID_PATTERN, max_length=64, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> Response:
+    return Response(await reads.list_users(database(request), prefix, limit, cursor), media_type=JSON)
 
 
 @router.put(
