@@ -5,16 +5,19 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
 
 import asyncpg
+import psutil
 import typer
 import uvicorn
 from sqlalchemy.exc import OperationalError
@@ -147,7 +150,11 @@ def _metrics_across_workers(workers: int, enabled: bool, stack: contextlib.ExitS
     """With several workers, each keeps its metrics in files of a directory of this run (made empty, removed at the
     end), so that a scrape answered by any of them reports them all (wallet.metrics)."""
     if workers > 1 and enabled:
-        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="wallet-metrics-"))
+        for stale in Path(tempfile.gettempdir()).glob("wallet-metrics-*-*"):  # left by a run that was killed
+            pid = stale.name.split("-")[2]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        directory = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"wallet-metrics-{os.getpid()}-"))
         os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = directory
 
 
