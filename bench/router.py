@@ -9,7 +9,11 @@ the router to one shard, through the router to two; and reports the rate, the la
 processes spent per top-up (psutil), which is what a capacity model on separate machines needs: all three clusters
 share this machine's cores, so the rates here cannot show what separate machines would carry.
 
-Needs: postgresql-15 and postgresql-15-plproxy (Debian). Everything is removed at the end.
+With --pgbouncer, also: 16, 64 and 256 clients straight to a shard, and through PgBouncer in transaction mode with
+16 connections to it.
+
+Needs: postgresql-15 and postgresql-15-plproxy (Debian), pgbouncer for --pgbouncer. Everything is removed at the
+end.
 """
 
 import argparse
@@ -100,7 +104,7 @@ def clusters(names: list[str]) -> Iterator[list[Node]]:
                 check=True,
                 capture_output=True,
             )
-            options = f"-p {node.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+            options = f"-p {node.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300"
             start = [str(PG_BIN / "pg_ctl"), "-D", str(node.data_dir), "-l", f"{node.data_dir}.log", "-o", options]
             subprocess.run(_as_postgres([*start, "-w", "start"]), check=True, capture_output=True)
             with psycopg.connect(node.url.replace("/wallet", "/postgres"), autocommit=True) as conn:
@@ -111,6 +115,39 @@ def clusters(names: list[str]) -> Iterator[list[Node]]:
             stop = [str(PG_BIN / "pg_ctl"), "-D", str(node.data_dir), "-m", "immediate", "stop"]
             subprocess.run(_as_postgres(stop), check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def pgbouncer(shard: Node, server_connections: int) -> Iterator[str]:
+    """PgBouncer (Debian's) in transaction mode in front of `shard`, `server_connections` to it; yields its URL."""
+    port = free_port()
+    directory = shard.data_dir.parent
+    config = directory / "pgbouncer.ini"
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    config.write_text(
+        f"[databases]\nwallet = {shard.conninfo}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {directory / 'userlist.txt'}\npool_mode = transaction\n"
+        f"default_pool_size = {server_connections}\nmax_client_conn = 500\n"
+        "ignore_startup_parameters = extra_float_digits,options\n"  # pgbench's PGOPTIONS: the shard's defaults do
+    )
+    if os.geteuid() == 0:
+        for path in (config, directory / "userlist.txt"):
+            shutil.chown(path, "postgres")
+    process = subprocess.Popen(
+        _as_postgres(["pgbouncer", str(config)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{port}/wallet"
+        for _ in range(50):
+            try:
+                psycopg.connect(url, autocommit=True).close()
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def prepare(router: Node, shards: list[Node]) -> int:
@@ -143,6 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     parser.add_argument("--clients", type=int, default=pgbench.CLIENTS, help="pgbench clients (default 16)")
+    parser.add_argument("--pgbouncer", action="store_true", help="also: many clients straight vs through PgBouncer")
     args = parser.parse_args()
     with clusters(["router", "shard0", "shard1"]) as (router, *shards):
         key_id = prepare(router, shards)
@@ -166,6 +204,25 @@ def main() -> None:
                         f"{name:<22} {clients:>7} {result.rps:>9,.0f} {latency:>10}  "
                         f"{spent[0] / done * 1e6:,.0f} / {sum(spent[1:]) / done * 1e6:,.0f}"
                     )
+                    time.sleep(1)
+        if args.pgbouncer:
+            pooled(shards[0], script, args)
+
+
+def pooled(shard: Node, script: str, args: argparse.Namespace) -> None:
+    """Many clients straight to a shard, or through PgBouncer's 16 connections. `-M simple` only: PgBouncer 1.18 in
+    transaction mode keeps no prepared statements (1.21+ can)."""
+    print(f"\n{'run (-M simple)':<34} {'clients':>7} {'top-ups/s':>9} {'latency ms':>10}")
+    with pgbouncer(shard, pgbench.CLIENTS) as bouncer_url:
+        for _ in range(args.rounds):
+            for name, url in (
+                ("straight to a shard", shard.url),
+                (f"PgBouncer, {pgbench.CLIENTS} connections", bouncer_url),
+            ):
+                for clients in (pgbench.CLIENTS, pgbench.CLIENTS_HIGH, 4 * pgbench.CLIENTS_HIGH):
+                    result = run_pgbench(name, url, script, clients, args.duration, protocol="simple")
+                    latency = result.note.removeprefix("latency avg ").removesuffix(" ms")
+                    print(f"{name:<34} {clients:>7} {result.rps:>9,.0f} {latency:>10}")
                     time.sleep(1)
 
 
