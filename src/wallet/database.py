@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
@@ -57,16 +58,18 @@ def database_url(settings: Settings) -> Iterator[str]:
         yield url
 
 
-def _sqlalchemy_url(url: str) -> str:
-    scheme, _, rest = url.partition("://")
+def _check_scheme(url: str) -> None:
+    scheme = url.partition("://")[0]
     if scheme not in ("postgres", "postgresql"):
         raise ValueError(f"not a PostgreSQL URL: scheme {scheme!r}")
-    return "postgresql+psycopg://" + rest
 
 
 def migrate(url: str, revision: str = "head") -> None:
     """Brings the schema to `revision` (the newest by default); concurrent callers wait for each other."""
-    engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
+    _check_scheme(url)
+    # libpq reads the URL itself (SQLAlchemy's parser knows one host): several hosts with target_session_attrs, as
+    # asyncpg does for the pool, reach whichever is the primary now.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
