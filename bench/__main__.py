@@ -13,11 +13,11 @@ import secrets
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import data, pgbench
+from bench import data, pgbench, pooler
 from bench.load import (
     LoadResult,
     Monitor,
@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--embedded", action="store_true", help="a fresh embedded PostgreSQL in a temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the bench database at the end")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="the service through PgBouncer in transaction mode (16 connections)"
+    )
     args = parser.parse_args(argv)
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = args.only - set(SCENARIOS)
@@ -365,11 +368,24 @@ def floor_ratios(results: list[LoadResult]) -> list[str]:
     return lines
 
 
+def behind_pgbouncer(target: Target, stack: ExitStack) -> Target:
+    """The service and its commands through PgBouncer in transaction mode (16 connections to the bench database, which
+    gets the service's session settings, as WALLET_TRANSACTION_POOLER asks); the bench's own SQL and pgbench still go
+    straight to the database."""
+    with target.connect() as conn:
+        pooler.set_session_settings(conn)
+    url = stack.enter_context(pooler.pgbouncer(target.url, pgbench.CLIENTS))
+    env = {**target.env, "WALLET_DATABASE_URL": url, "WALLET_TRANSACTION_POOLER": "true"}
+    return Target(target.url, env, f"{target.description}, the service through PgBouncer")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
-    with bench_database(args.embedded, args.keep) as target:
+    with bench_database(args.embedded, args.keep) as target, ExitStack() as stack:
+        if args.pgbouncer:
+            target = behind_pgbouncer(target, stack)
         step(f"bench database: {target.description}")
         with target.connect() as conn:
             settings = server_settings(conn)

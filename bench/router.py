@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs in the dev extra
 import psycopg
 
-from bench import data, pgbench
+from bench import data, pgbench, pooler
 from bench.load import run_pgbench
 from bench.target import free_port
 
@@ -117,39 +117,6 @@ def clusters(names: list[str]) -> Iterator[list[Node]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextmanager
-def pgbouncer(shard: Node, server_connections: int) -> Iterator[str]:
-    """PgBouncer (Debian's) in transaction mode in front of `shard`, `server_connections` to it; yields its URL."""
-    port = free_port()
-    directory = shard.data_dir.parent
-    config = directory / "pgbouncer.ini"
-    (directory / "userlist.txt").write_text('"postgres" ""\n')
-    config.write_text(
-        f"[databases]\nwallet = {shard.conninfo}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
-        f"unix_socket_dir =\nauth_type = trust\nauth_file = {directory / 'userlist.txt'}\npool_mode = transaction\n"
-        f"default_pool_size = {server_connections}\nmax_client_conn = 500\n"
-        "ignore_startup_parameters = extra_float_digits,options\n"  # pgbench's PGOPTIONS: the shard's defaults do
-    )
-    if os.geteuid() == 0:
-        for path in (config, directory / "userlist.txt"):
-            shutil.chown(path, "postgres")
-    process = subprocess.Popen(
-        _as_postgres(["pgbouncer", str(config)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        url = f"postgresql://postgres@127.0.0.1:{port}/wallet"
-        for _ in range(50):
-            try:
-                psycopg.connect(url, autocommit=True).close()
-                break
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def prepare(router: Node, shards: list[Node]) -> int:
     """Every node a wallet database; the shards with a bench key and the users; the router's engine routed."""
     wallet = str(Path(sys.executable).with_name("wallet"))
@@ -213,7 +180,7 @@ def pooled(shard: Node, script: str, args: argparse.Namespace) -> None:
     """Many clients straight to a shard, or through PgBouncer's 16 connections. `-M simple` only: PgBouncer 1.18 in
     transaction mode keeps no prepared statements (1.21+ can)."""
     print(f"\n{'run (-M simple)':<34} {'clients':>7} {'top-ups/s':>9} {'latency ms':>10}")
-    with pgbouncer(shard, pgbench.CLIENTS) as bouncer_url:
+    with pooler.pgbouncer(shard.url, pgbench.CLIENTS) as bouncer_url:
         for _ in range(args.rounds):
             for name, url in (
                 ("straight to a shard", shard.url),

@@ -7,6 +7,7 @@ replay, transactions that read the same, a clean `wallet verify`, and new postin
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -207,3 +208,29 @@ async def test_after_the_upgrade_old_keys_replay_old_transactions_read_the_same_
         assert balance.json()["balance"] == 70 + 40 - 100
     verified = await asyncio.to_thread(wallet_verify, url)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_migrations_started_at_once_apply_once(server_url: str) -> None:
+    """Four `migrate()` side by side on an empty database (several workers or servers starting together): they take
+    turns on one transaction-level advisory lock, so every revision applies once and all four succeed."""
+    with own_database(server_url, "wallet_migrate") as url:
+
+        async def all_at_once() -> None:
+            await asyncio.gather(*(asyncio.to_thread(migrate, url) for _ in range(4)))
+
+        asyncio.run(all_at_once())
+
+        async def revision() -> str:
+            conn = await asyncpg.connect(url)
+            try:
+                return str(await conn.fetchval("SELECT version_num FROM alembic_version"))
+            finally:
+                await conn.close()
+
+        assert (
+            asyncio.run(revision())
+            == sorted(
+                path.name[:4]
+                for path in (Path(migrate.__code__.co_filename).parent / "migrations" / "versions").glob("0*.py")
+            )[-1]
+        )

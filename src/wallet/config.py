@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     )
     webhook_dispatch: bool = Field(default=True, description="Whether `wallet serve` workers deliver webhooks.")
     nats_url: str | None = Field(default=None, description="A NATS server whose JetStream the events go to as well.")
+    transaction_pooler: bool = Field(
+        default=False,
+        description="WALLET_DATABASE_URL is a pooler in transaction mode (PgBouncer): no prepared statement outlives a"
+        " transaction and no setting is sent at connect (set statement_timeout, lock_timeout,"
+        " idle_in_transaction_session_timeout and jit on the database's role); the NATS sink cannot run behind it.",
+    )
     metrics: bool = Field(
         default=True, description="Whether GET /metrics answers (Prometheus text format, no key); off: a 404."
     )
@@ -72,6 +78,13 @@ class Settings(BaseSettings):
     group_commit_groups_max: int = Field(
         default=4, ge=1, le=100, description="Groups of a worker on their way to the database at once."
     )
+
+    @model_validator(mode="after")
+    def _sink_needs_sessions(self) -> "Settings":
+        if self.transaction_pooler and self.nats_url:
+            # The sink's publisher holds a session advisory lock: a transaction pooler gives no session to hold it.
+            raise ValueError("WALLET_NATS_URL cannot be used with WALLET_TRANSACTION_POOLER")
+        return self
 
 
 @lru_cache(maxsize=1)

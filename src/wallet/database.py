@@ -13,7 +13,6 @@ from typing import Any, TypeVar, cast
 
 import asyncpg
 import orjson
-import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
@@ -69,20 +68,20 @@ def migrate(url: str, revision: str = "head") -> None:
     _check_scheme(url)
     # libpq reads the URL itself (SQLAlchemy's parser knows one host): several hosts with target_session_attrs, as
     # asyncpg does for the pool, reach whichever is the primary now.
+    import psycopg  # here: the workers, which never migrate, need not carry it (9 MB of RSS)
+
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
-            try:
-                config = Config()
-                config.set_main_option("script_location", str(files("wallet") / "migrations"))
-                config.attributes["connection"] = conn
-                command.upgrade(config, revision)
-                conn.commit()
-            finally:
-                conn.rollback()  # after a failed revision: else the unlock fails too, hiding the revision's error
-                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": MIGRATION_LOCK_ID})
-                conn.commit()
+            # Every revision runs in this one transaction (env.py's per-migration transactions are part of it), and so
+            # does the lock: it ends with the transaction, whatever happens, also behind a transaction pooler, which
+            # keeps no session to hold a lock in.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            config = Config()
+            config.set_main_option("script_location", str(files("wallet") / "migrations"))
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            conn.commit()
     finally:
         engine.dispose()
 
@@ -105,7 +104,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+# What a pooler in transaction mode lets a client set at connect (PgBouncer tracks these per client).
+POOLER_SETTINGS = ("application_name", "timezone")
+# What the service expects of its sessions; behind a transaction pooler, the role must have them (checked at start).
+EXPECTED_SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "jit")
+
+
 def _server_settings(settings: Settings) -> dict[str, str]:
+    every = _session_settings(settings)
+    return {k: v for k, v in every.items() if k in POOLER_SETTINGS} if settings.transaction_pooler else every
+
+
+def _session_settings(settings: Settings) -> dict[str, str]:
     return {
         "application_name": "wallet",
         "statement_timeout": str(settings.statement_timeout_ms),
@@ -126,10 +136,19 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(url: str, settings: Settings) -> asyncpg.Connection:
     conn = await asyncpg.connect(
-        url, timeout=settings.connect_timeout_ms / 1000, server_settings=_server_settings(settings)
+        url,
+        timeout=settings.connect_timeout_ms / 1000,
+        server_settings=_server_settings(settings),
+        statement_cache_size=_statement_cache_size(settings),
     )
     await _init_connection(conn)
     return conn
+
+
+def _statement_cache_size(settings: Settings) -> int:
+    """asyncpg keeps the statements it prepared on each connection (its default, 100); behind a transaction pooler the
+    next transaction may run on another server connection, which never saw them."""
+    return 0 if settings.transaction_pooler else 100
 
 
 async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
@@ -141,6 +160,7 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
         timeout=settings.connect_timeout_ms / 1000,
         command_timeout=settings.statement_timeout_ms / 1000 + 1,
         server_settings=_server_settings(settings),
+        statement_cache_size=_statement_cache_size(settings),
         init=_init_connection,
         reset=_reset_connection,
         max_inactive_connection_lifetime=300,
@@ -256,6 +276,25 @@ class Database:
         except (*DATABASE_ERRORS, asyncpg.PostgresError) as exc:
             log.info("pool not warmed: %s", type(exc).__name__)
 
+    async def check_pooled_settings(self) -> list[str]:
+        """Behind a transaction pooler, the settings the service would have sent must be the role's: those that are
+        not, logged as a warning (the service runs, with the server's timeouts)."""
+        expected = {k: v for k, v in _session_settings(self.settings).items() if k in EXPECTED_SETTINGS}
+        try:
+            row = await self.fetchrow(
+                "SELECT " + ", ".join(f"current_setting('{name}') AS {name}" for name in expected)
+            )
+        except WalletError:
+            return []  # the database is not there yet; the first requests will say so
+        assert row is not None
+        differing = [name for name, value in expected.items() if not _same_setting(row[name], value)]
+        if differing:
+            log.warning(
+                "behind the transaction pooler, these settings are not the role's: set them with ALTER ROLE",
+                extra={"fields": {name: {"expected": expected[name], "server": row[name]} for name in differing}},
+            )
+        return differing
+
     async def ping(self, timeout_s: float) -> bool:
         """Whether the database answers within `timeout_s`, without retries: for /health."""
         try:
@@ -265,6 +304,16 @@ class Database:
         except DATABASE_ERRORS:
             return False
         return True
+
+
+def _same_setting(shown: str, wanted: str) -> bool:
+    """`current_setting()` shows durations with their unit (5s, 2000ms) where the service sends milliseconds."""
+    if shown == wanted:
+        return True
+    units = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+    number = shown.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = shown[len(number) :]
+    return number.isdigit() and wanted.isdigit() and unit in units and int(number) * units[unit] == int(wanted)
 
 
 def set_database_url_for_children(url: str) -> None:

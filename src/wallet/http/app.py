@@ -62,7 +62,12 @@ def create_app(
         await shared.database.open()
         background = [
             asyncio.create_task(maintenance.maintain(shared.database, settings, clock)),
-            asyncio.create_task(shared.database.warm(settings.pool_size_max, ledger.HOT_STATEMENTS)),
+            # Behind a transaction pooler no statement stays prepared: nothing to warm; the role's settings checked.
+            asyncio.create_task(
+                shared.database.check_pooled_settings()
+                if settings.transaction_pooler
+                else shared.database.warm(settings.pool_size_max, ledger.HOT_STATEMENTS)
+            ),
         ]
         try:
             yield
