@@ -15,6 +15,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.target import free_port
+from wallet.config import Settings
+from wallet.database import EXPECTED_SETTINGS, session_settings
 
 
 def binary() -> str | None:
@@ -73,17 +75,9 @@ def pgbouncer(database_url: str, server_connections: int) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-# What the service would send at connect and PgBouncer 1.18 does not pass on: set on the database instead.
-SESSION_SETTINGS = {
-    "statement_timeout": "5s",
-    "lock_timeout": "2s",
-    "idle_in_transaction_session_timeout": "10s",
-    "jit": "off",
-    "timezone": "UTC",
-}
-
-
 def set_session_settings(conn: psycopg.Connection) -> None:
-    """Gives the connection's database the service's session settings (the defaults of WALLET_*_TIMEOUT_MS)."""
-    for setting, value in SESSION_SETTINGS.items():
-        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET {setting} = '{value}'")
+    """Gives the connection's database what the service would send at connect and PgBouncer 1.18 does not pass on
+    (with the defaults of WALLET_*_TIMEOUT_MS)."""
+    for setting, value in session_settings(Settings()).items():
+        if setting in EXPECTED_SETTINGS:
+            conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET {setting} = '{value}'")

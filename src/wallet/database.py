@@ -111,11 +111,12 @@ EXPECTED_SETTINGS = ("statement_timeout", "lock_timeout", "idle_in_transaction_s
 
 
 def _server_settings(settings: Settings) -> dict[str, str]:
-    every = _session_settings(settings)
+    every = session_settings(settings)
     return {k: v for k, v in every.items() if k in POOLER_SETTINGS} if settings.transaction_pooler else every
 
 
-def _session_settings(settings: Settings) -> dict[str, str]:
+def session_settings(settings: Settings) -> dict[str, str]:
+    """The settings of the service's sessions, as pg_settings shows them (durations in milliseconds)."""
     return {
         "application_name": "wallet",
         "statement_timeout": str(settings.statement_timeout_ms),
@@ -209,6 +210,7 @@ class Database:
         self.url = url
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
+        self._pool_size = 0  # what metrics.POOL_SIZE was last set to
 
     async def open(self) -> None:
         self._pool = await create_pool(self.url, self.settings)
@@ -232,7 +234,9 @@ class Database:
             finally:
                 metrics.POOL_WAITING.dec()
             metrics.POOL_IN_USE.inc()
-            metrics.POOL_SIZE.set(self.pool.get_size())
+            if (size := self.pool.get_size()) != self._pool_size:  # it changes rarely: no write per request
+                self._pool_size = size
+                metrics.POOL_SIZE.set(size)
             try:
                 return await work(cast(asyncpg.Connection, conn))
             finally:
@@ -277,21 +281,21 @@ class Database:
             log.info("pool not warmed: %s", type(exc).__name__)
 
     async def check_pooled_settings(self) -> list[str]:
-        """Behind a transaction pooler, the settings the service would have sent must be the role's: those that are
-        not, logged as a warning (the service runs, with the server's timeouts)."""
-        expected = {k: v for k, v in _session_settings(self.settings).items() if k in EXPECTED_SETTINGS}
-        try:
-            row = await self.fetchrow(
-                "SELECT " + ", ".join(f"current_setting('{name}') AS {name}" for name in expected)
-            )
+        """Behind a transaction pooler, the settings the service would have sent must be the role's or the database's:
+        those that are not, logged as a warning (the service runs, with the server's timeouts)."""
+        expected = {k: v for k, v in session_settings(self.settings).items() if k in EXPECTED_SETTINGS}
+        try:  # pg_settings shows each in its base unit, as the service sends them
+            rows = await self.fetch("SELECT name, setting FROM pg_settings WHERE name = ANY($1)", list(expected))
         except WalletError:
             return []  # the database is not there yet; the first requests will say so
-        assert row is not None
-        differing = [name for name, value in expected.items() if not _same_setting(row[name], value)]
+        server = {row["name"]: row["setting"] for row in rows}
+        differing = [name for name, value in expected.items() if server.get(name) != value]
         if differing:
             log.warning(
                 "behind the transaction pooler, these settings are not the role's: set them with ALTER ROLE",
-                extra={"fields": {name: {"expected": expected[name], "server": row[name]} for name in differing}},
+                extra={
+                    "fields": {name: {"expected": expected[name], "server": server.get(name)} for name in differing}
+                },
             )
         return differing
 
@@ -304,16 +308,6 @@ class Database:
         except DATABASE_ERRORS:
             return False
         return True
-
-
-def _same_setting(shown: str, wanted: str) -> bool:
-    """`current_setting()` shows durations with their unit (5s, 2000ms) where the service sends milliseconds."""
-    if shown == wanted:
-        return True
-    units = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
-    number = shown.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = shown[len(number) :]
-    return number.isdigit() and wanted.isdigit() and unit in units and int(number) * units[unit] == int(wanted)
 
 
 def set_database_url_for_children(url: str) -> None:

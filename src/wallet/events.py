@@ -27,6 +27,9 @@ CURSOR_PATTERN = r"^ev_([0-9]{1,19})_([01])_([0-9]{1,18})$"  # every such cursor
 CURSOR = re.compile(CURSOR_PATTERN)
 
 
+STORED_COLUMNS = "position_xid::text AS xid, position_source, position_id"  # read back by Position.of_stored
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
     """Where a reader is: the feed's events after this one come next."""
@@ -51,6 +54,17 @@ class Position:
                 [{"loc": ["query", "after"], "msg": "not a cursor of the feed", "type": "cursor"}],
             )
         return cls(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+    @property
+    def stored(self) -> tuple[str, int, int]:
+        """As the tables that keep a reader's position (event_sinks, webhook_endpoints) store it: position_xid
+        (passed as text, cast to xid8 by the SQL: asyncpg has no codec for it), position_source, position_id."""
+        return str(self.xid), self.source, self.id
+
+    @classmethod
+    def of_stored(cls, row: asyncpg.Record) -> "Position":
+        """The position in a row read with STORED_COLUMNS."""
+        return cls(int(row["xid"]), row["position_source"], row["position_id"])
 
     def after_in(self, source: int) -> int:
         """The id after which rows of `source` with this position's xid come next."""

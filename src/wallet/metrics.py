@@ -138,18 +138,11 @@ def exposition(database_values: list[tuple[str, str, float]]) -> bytes:
     """Every worker's metrics (or this process's alone), and the database's gauges, in the text format."""
     directory = multiprocess_dir()
     if directory is None:
-        registry = CollectorRegistry()
-        registry.register(_Process())
+        workers = REGISTRY  # this process's own
     else:
         _forget_dead_workers(directory)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
-    registry.register(_Fixed(database_values))
-    return generate_latest(registry)
-
-
-class _Process(Collector):
-    """This process's own metrics, from the default registry (single-process mode)."""
-
-    def collect(self) -> Iterable[Metric]:
-        return REGISTRY.collect()
+        workers = CollectorRegistry()
+        multiprocess.MultiProcessCollector(workers, directory)  # type: ignore[no-untyped-call]
+    database = CollectorRegistry()
+    database.register(_Fixed(database_values))
+    return generate_latest(workers) + generate_latest(database)

@@ -38,21 +38,17 @@ def subject(event_type: str) -> str:
 
 
 async def _position(conn: asyncpg.Connection) -> events.Position:
-    row = await conn.fetchrow(
-        "SELECT position_xid::text AS xid, position_source, position_id FROM event_sinks WHERE name = $1", NAME
-    )
+    row = await conn.fetchrow(f"SELECT {events.STORED_COLUMNS} FROM event_sinks WHERE name = $1", NAME)
     if row is None:
         head = await events.head(conn)
         await conn.execute(
             """INSERT INTO event_sinks (name, position_xid, position_source, position_id)
                VALUES ($1, $2::text::xid8, $3, $4) ON CONFLICT (name) DO NOTHING""",
             NAME,
-            str(head.xid),
-            head.source,
-            head.id,
+            *head.stored,
         )
         return await _position(conn)
-    return events.Position(int(row["xid"]), row["position_source"], row["position_id"])
+    return events.Position.of_stored(row)
 
 
 async def publish_once(conn: asyncpg.Connection, js: nats.js.JetStreamContext) -> int:
@@ -66,9 +62,7 @@ async def publish_once(conn: asyncpg.Connection, js: nats.js.JetStreamContext) -
             """UPDATE event_sinks SET position_xid = $2::text::xid8, position_source = $3, position_id = $4
                 WHERE name = $1""",
             NAME,
-            str(page.next.xid),
-            page.next.source,
-            page.next.id,
+            *page.next.stored,
         )
     return len(page.events)
 

@@ -142,9 +142,7 @@ async def create(database: Database, url: str, types: list[str], description: st
             types,
             description,
             secret,
-            str(head.xid),
-            head.source,
-            head.id,
+            *head.stored,
         )
         assert row is not None
         return row
@@ -292,13 +290,13 @@ class Dispatcher:
     async def _fan_out_one(self, conn: asyncpg.Connection, endpoint_id: int) -> int:
         async with conn.transaction():
             endpoint = await conn.fetchrow(
-                """SELECT types, position_xid::text AS xid, position_source, position_id FROM webhook_endpoints
+                f"""SELECT types, {events.STORED_COLUMNS} FROM webhook_endpoints
                     WHERE id = $1 AND disabled_at IS NULL AND deleted_at IS NULL FOR UPDATE SKIP LOCKED""",
                 endpoint_id,
             )
             if endpoint is None:
                 return 0
-            position = events.Position(int(endpoint["xid"]), endpoint["position_source"], endpoint["position_id"])
+            position = events.Position.of_stored(endpoint)
             page = await events.read(conn, position, FAN_OUT_EVENTS_MAX)
             if not page.events:
                 return 0
@@ -317,9 +315,7 @@ class Dispatcher:
                 """UPDATE webhook_endpoints SET position_xid = $2::text::xid8, position_source = $3, position_id = $4
                     WHERE id = $1""",
                 endpoint_id,
-                str(page.next.xid),
-                page.next.source,
-                page.next.id,
+                *page.next.stored,
             )
             return len(rows)
 

@@ -1,7 +1,13 @@
 """What the client's calls return: the API's representations as dataclasses."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+
+def _named(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """The members of `d` that are fields of the dataclass `cls` (None for those missing); others are left out, so that
+    a newer server's additions do not break an older client."""
+    return {f.name: d.get(f.name) for f in fields(cls)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +81,7 @@ class Hold:
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> "Hold":
-        fields: dict[str, Any] = {name: d.get(name) for name in cls.__dataclass_fields__}
-        return cls(**fields)
+        return cls(**_named(cls, d))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +95,7 @@ class User:
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> "User":
-        fields: dict[str, Any] = {name: d.get(name) for name in cls.__dataclass_fields__}
-        return cls(**fields)
+        return cls(**_named(cls, d))
 
 
 @dataclass(frozen=True, slots=True)
